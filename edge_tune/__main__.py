@@ -1,0 +1,3 @@
+from edge_tune.cli import main
+
+main()
