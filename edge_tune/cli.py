@@ -6,7 +6,9 @@ is turned into one line (`Error: <path>: <what>. <fix>`) in `main`, and nothing 
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -22,13 +24,354 @@ def cli() -> None:
 # --- export / info (bundle) -------------------------------------------------------------------
 
 
+@cli.command("export")
+@click.argument("model")
+@click.option("--source", "source_dir", type=click.Path(path_type=Path),
+              help="A CLIPModel save_pretrained directory to export instead of downloading MODEL.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
+@click.option("--provider", default="auto", show_default=True,
+              help="Check that the bundle runs on this execution provider (auto|cpu|cuda|tensorrt|...).")
+@click.option("--opset", type=click.IntRange(18), help="ONNX opset [20].")
+@click.option("--token-table", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="Storage of token_embedding.npy; fp16 rounds the model's table first (exact parity).")
+def export_command(model, source_dir, out, provider, opset, token_table) -> None:
+    """Freeze a CLIP model into a bundle a torch-free device can tune (needs the [export] extra).
+
+    \b
+    MODEL is a registry name (tiny-random, b16-random, clip-vit-b16, clip-vit-b32, clip-vit-l14);
+    with --source DIR it names the bundle and the weights come from DIR.
+    Examples:
+      edge-tune export tiny-random --out bundles/tiny
+      edge-tune export clip-vit-b16 --source ./clip-vit-base-patch16 --out bundles/b16
+    """
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+
+        from edge_tune_export import export_bundle
+    except ImportError:
+        from edge_tune.errors import ExportError
+
+        raise ExportError("edge-tune export needs PyTorch and transformers: "
+                          "pip install 'edge-tune[export]'") from None
+    export_bundle(model, out, source_dir=source_dir, provider=provider, opset=opset,
+                  token_table=token_table, echo=lambda line: click.echo(line, err=True))
+    click.echo(str(out))
+
+
+@cli.command("info")
+@click.argument("bundle_dir", metavar="BUNDLE", type=click.Path(path_type=Path))
+@click.option("--provider", default="auto", show_default=True, help="Execution provider for the timed forward.")
+@click.option("--threads", type=click.IntRange(1), help="ORT intra-op threads.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def info_command(bundle_dir, provider, threads, as_json) -> None:
+    """Check a bundle (hashes, graphs, provider) and time one text forward.
+
+    \b
+    Examples:
+      edge-tune info bundles/tiny
+      edge-tune info bundles/b16 --provider cuda --json
+    """
+    from edge_tune.bundle import bundle_info
+
+    info = bundle_info(bundle_dir, provider=provider, threads=threads)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    dims, model = info["dims"], info["model"]
+    lines = [f"bundle     {info['bundle']}  (format {info['format_version']}, hash {info['bundle_hash'][:16]})",
+             f"model      {model['name']}  from {model['source']}",
+             f"dims       text {dims['text_width']} wide, projection {dims['projection_dim']}, context "
+             f"{dims['context_length']}, vocab {dims['vocab_size']}; image {dims['image_size']} px, "
+             f"patch {dims['patch_size']}, vision {dims['vision_width']} wide",
+             f"logit      scale {info['logit_scale']:.4g}"]
+    for name, entry in info["files"].items():
+        lines.append(f"file       {name:<20} {entry['bytes']:>12,} B  sha256 {entry['sha256'][:16]}  ok")
+    lines.append("hashes     all verified")
+    if info.get("parity"):
+        p = info["parity"]
+        lines.append(f"parity     text {p['text_max_abs_diff']:.2g}, image {p['image_max_abs_diff']:.2g} "
+                     f"(tolerance {p['tolerance']:g}, at export)")
+    prov = info["providers"]
+    lines.append(f"providers  available {', '.join(prov['available'])}; chosen {prov['chosen']} "
+                 f"({prov['report']})")
+    tf = info["text_forward"]
+    lines.append(f"forward    text graph, 1 prompt x {tf['tokens']} tokens: {tf['ms_median_of_3']:.2f} ms")
+    click.echo("\n".join(lines))
+
+
+
 # --- eval (data, objective) -------------------------------------------------------------------
+
+
+@cli.command("eval")
+@click.option("--bundle", "bundle_dir", type=click.Path(path_type=Path),
+              help="Bundle directory [$EDGE_TUNE_BUNDLE, else the shipped mini-world bundle].")
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
+              help="Labelled images: DATA/<class>/*.jpg.")
+@click.option("--template", default="a photo of a {}.", show_default=True,
+              help="Zero-shot prompt; {} is replaced by the class name.")
+@click.option("--prompt", "prompt_path", type=click.Path(path_type=Path),
+              help="A tuned prompt instead of the template: a fit run folder or its prompt.npz.")
+@click.option("--strict", is_flag=True, help="Fail on unreadable images instead of skipping them.")
+@click.option("--cache-dir", type=click.Path(path_type=Path),
+              help="Image-feature cache [$EDGE_TUNE_CACHE, else ~/.cache/edge-tune].")
+@click.option("--provider", default="auto", show_default=True, help="Execution provider.")
+@click.option("--threads", type=click.IntRange(1), help="ORT intra-op threads.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def eval_command(bundle_dir, data_dir, template, prompt_path, strict, cache_dir, provider, threads,
+                 as_json) -> None:
+    """Accuracy of a zero-shot template or a tuned prompt on a folder of labelled images.
+
+    \b
+    Examples:
+      edge-tune eval --bundle B --data ./test
+      edge-tune eval --bundle B --data ./test --template "a blurry photo of a {}."
+      edge-tune eval --bundle B --data ./test --prompt runs/pets --json
+    """
+    from edge_tune.bundle import open_bundle
+    from edge_tune.data import load_shots
+    from edge_tune.fit import resolve_bundle
+    from edge_tune.objective import evaluate_dataset
+
+    bundle = open_bundle(resolve_bundle(bundle_dir))
+    dataset = load_shots(data_dir, strict=strict)
+    if dataset.report():
+        click.echo(dataset.report(), err=True)
+    with _EncodingBar() as progress:
+        result = evaluate_dataset(bundle, dataset, template=template, prompt=prompt_path,
+                                  cache_dir=cache_dir, provider=provider, threads=threads,
+                                  progress=progress)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    what = (f"prompt {result['prompt']}" if "prompt" in result
+            else f"template {result['template']!r}")
+    click.echo(f"accuracy {100 * result['accuracy']:.1f}% ({result['correct']}/{result['images']} "
+               f"images, {result['classes']} classes, {what}); "
+               f"mean cross-entropy {result['loss']:.4f}")
+
+
+class _EncodingBar:
+    """A click progress bar on stderr while images are encoded, for 32 or more on a terminal."""
+
+    def __init__(self, threshold: int = 32):
+        self.threshold, self.bar, self.done = threshold, None, 0
+
+    def __enter__(self):
+        return self.update
+
+    def update(self, done: int, total: int) -> None:
+        if self.bar is None and total >= self.threshold and sys.stderr.isatty():
+            self.bar = click.progressbar(length=total, label="encoding images", file=sys.stderr)
+            self.bar.__enter__()
+        if self.bar is not None:
+            self.bar.update(done - self.done)
+        self.done = done
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
 
 
 # --- fit / predict ----------------------------------------------------------------------------
 
 
+@cli.command()
+@click.option("--data", type=click.Path(path_type=Path), help="Shots folder: DATA/<class>/*.jpg.")
+@click.option("--eval", "eval_dir", type=click.Path(path_type=Path),
+              help="Validation folder with the same classes (default: a hold-out of the shots).")
+@click.option("--val-fraction", type=float, help="Hold-out fraction of the shots [0.2; 0 = none].")
+@click.option("--bundle", type=click.Path(path_type=Path),
+              help="Bundle directory [$EDGE_TUNE_BUNDLE, else the shipped mini-world bundle].")
+@click.option("--preset", type=click.Choice(["edge", "paper"]), help="Optimiser preset [edge].")
+@click.option("--optimizer", type=click.Choice(["sharpzo", "cma", "zo", "spsa-clip"]),
+              help="Optimiser [sharpzo].")
+@click.option("--budget-queries", type=click.IntRange(1), help="Optimiser queries [2000].")
+@click.option("--budget-time", help="Tuning time, e.g. 90s, 20m, 1h30m.")
+@click.option("--seed", type=int, help="Seed of the optimiser, projection and hold-out [0].")
+@click.option("--provider", default="auto", show_default=True, help="Execution provider.")
+@click.option("--threads", type=click.IntRange(1), help="ORT intra-op threads.")
+@click.option("--out", type=click.Path(path_type=Path), help="Run directory [runs/<timestamp>].")
+@click.option("--resume", type=click.Path(path_type=Path), help="Continue an interrupted run.")
+@click.option("--checkpoint-every", help="Time between checkpoints [60s].")
+@click.option("--eval-every", type=click.IntRange(1), help="Steps between evaluations [10].")
+@click.option("--select", type=click.Choice(["best", "final"]),
+              help="Prompt to keep: best on validation or final [best].")
+@click.option("--json", "as_json", is_flag=True, help="Print result.json on stdout.")
+def fit(data, eval_dir, val_fraction, bundle, preset, optimizer, budget_queries, budget_time, seed,
+        provider, threads, out, resume, checkpoint_every, eval_every, select, as_json) -> None:
+    """Tune the prompt to your shots with forward passes only, and write a classifier.
+
+    \b
+    Examples:
+      edge-tune fit --data ./shots --budget-queries 2000
+      edge-tune fit --data ./shots --eval ./eval --budget-time 20m --out runs/pets
+      edge-tune fit --resume runs/pets
+    """
+    from edge_tune.fit import Budget, FitConfig, Tuner, new_run_dir, parse_duration, resolve_bundle
+    from edge_tune.fit import stop_on_signals
+    from edge_tune.report import Progress, encoding_progress, format_summary
+
+    seconds = parse_duration(budget_time) if budget_time else None
+    if resume is not None:
+        fixed = {"--out": out, "--preset": preset, "--optimizer": optimizer, "--seed": seed,
+                 "--val-fraction": val_fraction, "--eval-every": eval_every, "--select": select,
+                 "--checkpoint-every": checkpoint_every}
+        given = [name for name, value in fixed.items() if value is not None]
+        if given:
+            raise EdgeTuneError(f"{', '.join(given)} cannot change when resuming", path=resume,
+                                hint="Resume with the run's own settings, or start a new run")
+        tuner = Tuner.load(resume, bundle=bundle, shots=data, eval_set=eval_dir, provider=provider,
+                           threads=threads, feature_progress=encoding_progress())
+        run_dir = resume
+        budget = Budget(budget_queries if budget_queries is not None else tuner.budget.queries,
+                        seconds if seconds is not None else tuner.budget.seconds)
+    else:
+        if data is None:
+            raise click.UsageError("--data DIR is required (or --resume RUN)")
+        if eval_dir is not None and val_fraction is not None:
+            raise click.UsageError("give --eval or --val-fraction, not both")
+        every = parse_duration(checkpoint_every) if checkpoint_every else None
+        chosen = {"optimizer": optimizer, "preset": preset, "seed": seed,
+                  "val_fraction": val_fraction, "eval_every": eval_every, "select": select,
+                  "checkpoint_every": every}
+        chosen = {key: value for key, value in chosen.items() if value is not None}
+        if budget_queries is not None or seconds is not None:  # else FitConfig's default budget
+            chosen.update(budget_queries=budget_queries, budget_seconds=seconds)
+        run_dir = out if out is not None else new_run_dir()
+        tuner = Tuner(resolve_bundle(bundle), data, eval_set=eval_dir, config=FitConfig(**chosen),
+                      run_dir=run_dir, provider=provider, threads=threads,
+                      feature_progress=encoding_progress())
+        budget = tuner.budget
+    for dataset in tuner.datasets.values():
+        if dataset is not None and dataset.report():
+            click.echo(dataset.report(), err=True)
+    progress = Progress(budget_queries=budget.queries, budget_seconds=budget.seconds)
+
+    def show(tuner, info) -> None:
+        s = tuner.state
+        progress.update(queries=s.queries, stage=s.stage, loss=s.train_loss,
+                        train_accuracy=s.train_accuracy, val_accuracy=s.val_accuracy,
+                        queries_per_second=s.queries / max(s.seconds, 1e-9), elapsed=s.seconds)
+
+    newline = "\n" if progress.enabled else ""
+    with stop_on_signals(tuner, notify=lambda text: click.echo(newline + text, err=True)) as caught:
+        tuner.run(callback=show, budget=budget)
+    progress.close()
+    if caught:
+        click.echo(f"Stopped after {tuner.queries} queries; checkpoint saved in {run_dir}. "
+                   f"Continue with: edge-tune fit --resume {run_dir}", err=True)
+        sys.exit(128 + caught[0])
+    result = tuner.finish()
+    click.echo(json.dumps(result) if as_json else format_summary(result, run_dir))
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--top-k", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--bundle", type=click.Path(path_type=Path),
+              help="Bundle the run was tuned with [the one recorded in RUN/result.json].")
+@click.option("--provider", default="auto", show_default=True, help="Execution provider.")
+@click.option("--threads", type=click.IntRange(1), help="ORT intra-op threads.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def predict(run, images, top_k, bundle, provider, threads, as_json) -> None:
+    """Classify images with a tuned run: the image graph and one matmul.
+
+    \b
+    Examples:
+      edge-tune predict runs/pets photo.jpg
+      edge-tune predict runs/pets ./new-photos --top-k 5 --json
+    """
+    from edge_tune.classifier import Classifier, collect_images
+    from edge_tune.errors import DataError
+
+    classifier = Classifier.load(run, bundle=bundle, provider=provider, threads=threads)
+    predictions, skipped = classifier.predict_files(collect_images(images), top_k=top_k)
+    for path, reason in skipped:
+        click.echo(f"skipped {path}: {reason}", err=True)
+    if not predictions:
+        raise DataError("no images to classify among the given paths",
+                        hint="Pass image files (jpg, png, webp, bmp) or folders holding them")
+    if as_json:
+        rows = [{"image": p.source, "label": p.label, "probability": p.probability,
+                 "top_k": [{"label": name, "probability": prob} for name, prob in p.top_k]}
+                for p in predictions]
+        skipped_rows = [{"image": path, "reason": why} for path, why in skipped]
+        click.echo(json.dumps({"predictions": rows, "skipped": skipped_rows}))
+        return
+    for p in predictions:
+        others = ", ".join(f"{name} {100 * prob:.1f}%" for name, prob in p.top_k)
+        top = f"top {len(p.top_k)}: {others}"
+        click.echo(f"{p.source}: {p.label} ({100 * p.probability:.1f}%)   {top}")
+
+
+
 # --- bench ------------------------------------------------------------------------------------
+
+
+@cli.group()
+def bench() -> None:
+    """Measure what a query costs (speed) and what a run holds (memory), against references."""
+
+
+@bench.command("speed")
+@click.option("--bundle", type=click.Path(path_type=Path),
+              help="Bundle directory [$EDGE_TUNE_BUNDLE, else the shipped mini-world bundle].")
+@click.option("--classes", type=click.IntRange(2), default=10, show_default=True, help="K classes.")
+@click.option("--population", type=click.IntRange(1), default=40, show_default=True,
+              help="N candidates per objective call.")
+@click.option("--provider", default="auto", show_default=True, help="Execution provider.")
+@click.option("--threads", type=click.IntRange(1), help="Threads for ORT, numpy and torch alike.")
+@click.option("--repeats", type=click.IntRange(1), default=5, show_default=True,
+              help="Timed repetitions (the median is reported).")
+@click.option("--no-reference", is_flag=True, help="Skip the PyTorch-eager reference.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def bench_speed_command(bundle, classes, population, provider, threads, repeats, no_reference,
+                        as_json) -> None:
+    """Queries/s of the objective vs PyTorch eager, ONNX untruncated, and a GEMM probe.
+
+    \b
+    Example:
+      edge-tune bench speed --bundle /tmp/b16-bundle --population 40 --classes 10 --threads 2
+    """
+    from edge_tune.bench import bench_speed, speed_table
+    from edge_tune.fit import resolve_bundle
+
+    report = bench_speed(resolve_bundle(bundle), classes=classes, population=population,
+                         provider=provider, threads=threads, repeats=repeats,
+                         reference=not no_reference)
+    click.echo(json.dumps(report, indent=2) if as_json else speed_table(report))
+
+
+@bench.command("memory")
+@click.option("--bundle", type=click.Path(path_type=Path),
+              help="Bundle directory [$EDGE_TUNE_BUNDLE, else the shipped mini-world bundle].")
+@click.option("--classes", type=click.IntRange(2), default=10, show_default=True, help="K classes.")
+@click.option("--population", type=click.IntRange(1), default=40, show_default=True,
+              help="N candidates per objective call (inference case).")
+@click.option("--steps", type=click.IntRange(1), default=3, show_default=True,
+              help="Objective calls / fit steps / first-order steps per case.")
+@click.option("--provider", default="auto", show_default=True, help="Execution provider.")
+@click.option("--threads", type=click.IntRange(1), help="Threads for ORT, numpy and torch alike.")
+@click.option("--no-reference", is_flag=True, help="Skip the PyTorch first-order case.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def bench_memory_command(bundle, classes, population, steps, provider, threads, no_reference,
+                         as_json) -> None:
+    """Peak RSS of inference, a short fit and PyTorch first-order tuning, each in a fresh process.
+
+    \b
+    Example:
+      edge-tune bench memory --bundle /tmp/b16-bundle --classes 10
+    """
+    from edge_tune.bench import bench_memory, memory_table
+    from edge_tune.fit import resolve_bundle
+
+    report = bench_memory(resolve_bundle(bundle), classes=classes, population=population,
+                          steps=steps, provider=provider, threads=threads,
+                          reference=not no_reference)
+    click.echo(json.dumps(report, indent=2) if as_json else memory_table(report))
 
 
 def main(argv: list[str] | None = None) -> None:

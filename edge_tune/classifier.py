@@ -1,0 +1,248 @@
+"""The tuned artifact: class text features baked once; prediction is the image graph + one matmul.
+
+`classifier.npz` holds the class names, the L2-normalised class text features `f32[K, P]` of the
+tuned prompt, the bundle's logit scale and the bundle hash; the text graph is never needed again.
+A classifier refuses to run with a bundle other than the one it was tuned on (the image features
+of another model live in another space, and the answers would be silently wrong).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge_tune.checkpoint import atomic_save_npz, load_npz
+from edge_tune.errors import BundleError, CheckpointError, DataError
+
+CLASSIFIER_FORMAT = 1
+BATCH_SIZE = 32  # images per image-graph run: bounded memory, still batched
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's answer: the top class, its probability and the `top_k` (class, probability)."""
+
+    source: str
+    label: str
+    index: int
+    probability: float
+    top_k: list[tuple[str, float]]
+
+
+@dataclass
+class Classifier:
+    """Class text features + logit scale, applied to image features of the same bundle."""
+
+    classnames: list[str]
+    class_features: np.ndarray  # f32[K, P], L2-normalised rows
+    logit_scale: float
+    bundle_hash: str
+    bundle: object | None = None
+    provider: str = "auto"
+    threads: int | None = None
+    _session: object | None = field(default=None, repr=False)
+
+    # -- on disk -------------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> Path:
+        """Write `classifier.npz` atomically (no pickle, byte-reproducible)."""
+        return atomic_save_npz(
+            path,
+            {
+                "format_version": np.array(CLASSIFIER_FORMAT, dtype=np.int64),
+                "classnames": np.array(self.classnames, dtype=np.str_),
+                "class_features": np.asarray(self.class_features, dtype=np.float32),
+                "logit_scale": np.array(self.logit_scale, dtype=np.float64),
+                "bundle_hash": np.array(self.bundle_hash, dtype=np.str_),
+            },
+        )
+
+    @classmethod
+    def load(
+        cls, run: str | Path, *, bundle=None, provider: str = "auto", threads: int | None = None
+    ) -> Classifier:
+        """Load `RUN/classifier.npz` (or a classifier.npz path) with the bundle it was made for.
+
+        Without `bundle`, the bundle path recorded in `RUN/result.json` is used.
+        """
+        from edge_tune.bundle import Bundle, open_bundle
+
+        run = Path(run)
+        path = run / "classifier.npz" if run.is_dir() else run
+        if not path.is_file():
+            raise CheckpointError(
+                "no classifier.npz here",
+                path=path,
+                hint="Pass the run directory of a finished `edge-tune fit`",
+            )
+        try:
+            arrays = load_npz(path)
+            version = int(arrays["format_version"])
+            classnames = [str(name) for name in arrays["classnames"]]
+            features = np.asarray(arrays["class_features"], dtype=np.float32)
+            scale, made_for = float(arrays["logit_scale"]), str(arrays["bundle_hash"])
+        except (OSError, ValueError, KeyError) as err:
+            raise CheckpointError(
+                f"unreadable classifier ({err})",
+                path=path,
+                hint="Re-run `edge-tune fit` to write it again",
+            ) from err
+        if version != CLASSIFIER_FORMAT:
+            raise CheckpointError(
+                f"classifier format {version} is not {CLASSIFIER_FORMAT}",
+                path=path,
+                hint="Use the edge-tune version that wrote it",
+            )
+        if features.ndim != 2 or features.shape[0] != len(classnames):
+            raise CheckpointError(
+                f"class features of shape {features.shape} for {len(classnames)} " "classes",
+                path=path,
+                hint="Re-run `edge-tune fit` to write it again",
+            )
+        if bundle is None:
+            bundle = _recorded_bundle(path.parent / "result.json")
+        if not isinstance(bundle, Bundle):
+            bundle = open_bundle(bundle)
+        if bundle.bundle_hash != made_for:
+            raise BundleError(
+                f"this classifier was made for another bundle (hash {made_for[:12]}, "
+                f"this one is {bundle.bundle_hash[:12]})",
+                path=bundle.path,
+                hint="Pass the bundle the run was tuned with (--bundle)",
+            )
+        return cls(
+            classnames=classnames,
+            class_features=features,
+            logit_scale=scale,
+            bundle_hash=made_for,
+            bundle=bundle,
+            provider=provider,
+            threads=threads,
+        )
+
+    # -- prediction ----------------------------------------------------------------------------
+
+    def _image_session(self):
+        if self._session is None:
+            if self.bundle is None:
+                raise BundleError(
+                    "this classifier has no bundle to run images through",
+                    hint="Load it with Classifier.load(RUN, bundle=...)",
+                )
+            self._session = self.bundle.image_session(provider=self.provider, threads=self.threads)
+        return self._session
+
+    def logits(self, image_features: np.ndarray) -> np.ndarray:
+        """`logit_scale · image · textᵀ` for L2-normalised image features `f32[N, P]`."""
+        return self.logit_scale * (np.asarray(image_features, np.float32) @ self.class_features.T)
+
+    def probabilities_from_features(self, image_features: np.ndarray) -> np.ndarray:
+        logits = self.logits(image_features).astype(np.float64)
+        logits -= logits.max(axis=1, keepdims=True)
+        weights = np.exp(logits)
+        return weights / weights.sum(axis=1, keepdims=True)
+
+    def image_features(self, images: Sequence) -> np.ndarray:
+        """Image-graph features `f32[N, P]` of paths or PIL images (DataError on a non-image)."""
+        from edge_tune.preprocess import preprocess_image
+
+        return self._run_image_graph(
+            [preprocess_image(image, self.bundle.preprocess) for image in images]
+        )
+
+    def _run_image_graph(self, pixels: list[np.ndarray]) -> np.ndarray:
+        session = self._image_session()
+        chunks = [
+            np.asarray(
+                session.run({"pixel_values": np.stack(pixels[i : i + BATCH_SIZE])}),
+                dtype=np.float32,
+            )
+            for i in range(0, len(pixels), BATCH_SIZE)
+        ]
+        if not chunks:
+            return np.zeros((0, self.class_features.shape[1]), np.float32)
+        return np.concatenate(chunks)
+
+    def probabilities(self, images: Sequence) -> np.ndarray:
+        """Class probabilities `f64[N, K]` for paths or PIL images."""
+        return self.probabilities_from_features(self.image_features(list(images)))
+
+    def predict(self, images: Sequence, *, top_k: int = 3) -> list[Prediction]:
+        """The top class and the `top_k` classes of each image (paths or PIL images)."""
+        images = list(images)
+        probabilities = self.probabilities(images)
+        return [
+            self._prediction(_name(image), row, top_k) for image, row in zip(images, probabilities)
+        ]
+
+    def predict_files(
+        self, paths: Iterable[str | Path], *, top_k: int = 3
+    ) -> tuple[list[Prediction], list[tuple[str, str]]]:
+        """Predict every readable image; return the predictions and the skipped (path, reason)."""
+        from edge_tune.preprocess import preprocess_image
+
+        readable, pixels, skipped = [], [], []
+        for path in paths:
+            try:
+                pixels.append(preprocess_image(path, self.bundle.preprocess))
+            except DataError as err:
+                skipped.append((str(path), err.message))
+            else:
+                readable.append(str(path))
+        probabilities = self.probabilities_from_features(self._run_image_graph(pixels))
+        return (
+            [self._prediction(name, row, top_k) for name, row in zip(readable, probabilities)],
+            skipped,
+        )
+
+    def _prediction(self, source: str, row: np.ndarray, top_k: int) -> Prediction:
+        order = np.argsort(-row, kind="stable")[: max(1, top_k)]
+        best = int(order[0])
+        return Prediction(
+            source=source,
+            label=self.classnames[best],
+            index=best,
+            probability=float(row[best]),
+            top_k=[(self.classnames[int(i)], float(row[int(i)])) for i in order],
+        )
+
+
+def _recorded_bundle(result_json: Path) -> Path:
+    try:
+        return Path(json.loads(result_json.read_text(encoding="utf-8"))["bundle"]["path"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise BundleError(
+            "cannot tell which bundle this classifier needs",
+            path=result_json,
+            hint="Pass --bundle with the bundle the run was tuned with",
+        ) from err
+
+
+def _name(image) -> str:
+    return (
+        str(image)
+        if isinstance(image, (str, Path))
+        else getattr(image, "filename", "") or "<image>"
+    )
+
+
+def collect_images(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given; folders walked recursively in sorted order (hidden files left out)."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found.extend(
+                sorted(
+                    p
+                    for p in path.rglob("*")
+                    if p.is_file()
+                    and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                )
+            )
+        else:
+            found.append(path)
+    return found

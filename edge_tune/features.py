@@ -1,0 +1,204 @@
+"""Image features, computed once per image and cached on disk.
+
+An entry is keyed by (bundle hash, sha256 of the file's bytes, preprocessing settings), so a second
+fit on the same shots runs the image graph zero times, an edited photo gets a new key and is
+recomputed, and another bundle never reads this one's features. The bytes that are hashed are the
+bytes that are decoded (no race with an editor saving the file). Each entry is one `.npy` written
+to a temporary file in the same folder, fsynced and renamed into place, so a killed process never
+leaves a half-written entry; an unreadable entry is treated as a miss and rewritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edge_tune.errors import DataError
+from edge_tune.preprocess import preprocess_image, preprocess_key
+
+DEFAULT_BATCH_SIZE = 16
+Progress = Callable[[int, int], None]  # (images encoded so far, images to encode)
+
+
+def default_cache_dir() -> Path:
+    """`$EDGE_TUNE_CACHE`, else `~/.cache/edge-tune`."""
+    env = os.environ.get("EDGE_TUNE_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "edge-tune"
+
+
+class FeatureExtractor:
+    """Encodes image files with a bundle's image graph through the on-disk cache.
+
+    The image session is created only on the first cache miss, so a fully cached folder never
+    loads the image graph. Counters (`image_graph_runs`, `images_encoded`, `cache_hits`) let tests
+    and benchmarks see what really ran.
+    """
+
+    def __init__(
+        self,
+        bundle,
+        *,
+        cache_dir: str | Path | None = None,
+        provider: str = "auto",
+        threads: int | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        use_cache: bool = True,
+    ):
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.bundle = bundle
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.provider, self.threads, self.batch_size, self.use_cache = (
+            provider,
+            threads,
+            batch_size,
+            use_cache,
+        )
+        self.image_graph_runs = 0
+        self.images_encoded = 0
+        self.cache_hits = 0
+        self.store_errors = 0  # entries that could not be written (read-only/full disk)
+        self.last_store_error: str | None = None
+        self._session = None
+        settings = json.dumps(preprocess_key(bundle.preprocess), sort_keys=True)
+        self._settings_hash = hashlib.sha256(settings.encode()).hexdigest()[:16]
+        self._width = int(bundle.projection_dim)
+
+    def encode_paths(self, paths: list[Path], *, progress: Progress | None = None) -> np.ndarray:
+        """f32[N, P] L2-normalised features, row i for paths[i]; misses run in bounded batches."""
+        features = np.empty((len(paths), self._width), dtype=np.float32)
+        missing: dict[str, list[int]] = {}
+        contents: dict[str, tuple[Path, bytes]] = {}
+        for i, path in enumerate(paths):
+            data = _read_bytes(Path(path))
+            digest = hashlib.sha256(data).hexdigest()
+            cached = self._load(digest) if self.use_cache else None
+            if cached is not None:
+                features[i] = cached
+                self.cache_hits += 1
+                continue
+            missing.setdefault(digest, []).append(i)
+            contents.setdefault(digest, (Path(path), data))
+        todo = list(missing)
+        if progress is not None:
+            progress(0, len(todo))
+        for start in range(0, len(todo), self.batch_size):
+            batch = todo[start : start + self.batch_size]
+            pixels = np.stack(
+                [
+                    preprocess_image(contents[d][1], self.bundle.preprocess, name=contents[d][0])
+                    for d in batch
+                ]
+            )
+            encoded = self._run(pixels)
+            for digest, row in zip(batch, encoded, strict=True):
+                features[missing[digest]] = row
+                if self.use_cache:
+                    self._store(digest, row)
+            self.images_encoded += len(batch)
+            if progress is not None:
+                progress(min(start + self.batch_size, len(todo)), len(todo))
+        return features
+
+    def release(self) -> None:
+        """Drop the image session (its memory) once the cache is filled."""
+        self._session = None
+
+    # --- internals ------------------------------------------------------------------------------
+    def _run(self, pixels: np.ndarray) -> np.ndarray:
+        if self._session is None:
+            self._session = self.bundle.image_session(self.provider, self.threads)
+        self.image_graph_runs += 1
+        out = np.asarray(self._session.run({"pixel_values": pixels}), dtype=np.float32)
+        if out.shape != (len(pixels), self._width) or not np.all(np.isfinite(out)):
+            raise DataError(
+                f"image graph returned {list(out.shape)} "
+                f"(finite: {bool(np.all(np.isfinite(out)))}), "
+                f"expected [{len(pixels)}, {self._width}]",
+                path=self.bundle.path,
+                hint="Re-export the bundle",
+            )
+        return out
+
+    def _entry(self, digest: str) -> Path:
+        key = hashlib.sha256(
+            f"{self.bundle.bundle_hash}|{digest}|{self._settings_hash}".encode()
+        ).hexdigest()
+        return self.cache_dir / "features" / self.bundle.bundle_hash[:16] / key[:2] / f"{key}.npy"
+
+    def _load(self, digest: str) -> np.ndarray | None:
+        path = self._entry(digest)
+        try:
+            row = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            return None
+        if row.dtype != np.float32 or row.shape != (self._width,) or not np.all(np.isfinite(row)):
+            return None
+        return row
+
+    def _store(self, digest: str, row: np.ndarray) -> None:
+        path = self._entry(digest)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_npy_atomic(path, row)
+        except OSError as err:  # a read-only or full cache must not stop a fit: it only costs speed
+            self.store_errors += 1
+            self.last_store_error = f"{path.parent}: {err.strerror or err}"
+
+
+def image_features(
+    bundle,
+    dataset,
+    *,
+    cache_dir: str | Path | None = None,
+    provider: str = "auto",
+    threads: int | None = None,
+    progress: Progress | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(f32[N, P] features, i64[N] labels) for a `Dataset`, through the cache."""
+    extractor = FeatureExtractor(
+        bundle, cache_dir=cache_dir, provider=provider, threads=threads, batch_size=batch_size
+    )
+    features = extractor.encode_paths([s.path for s in dataset.samples], progress=progress)
+    return features, dataset.labels
+
+
+def write_npy_atomic(path: Path, array: np.ndarray) -> None:
+    """Write `.npy` via a temporary file in the same folder, fsync, rename: all or nothing."""
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            np.save(stream, np.ascontiguousarray(array), allow_pickle=False)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as err:
+        raise DataError(
+            "image disappeared since the folder was read",
+            path=path,
+            hint="Run again on the current folder",
+        ) from err
+    except OSError as err:
+        raise DataError(
+            f"cannot read the file ({err.strerror or err})",
+            path=path,
+            hint="Fix its permissions or remove it",
+        ) from err

@@ -1,0 +1,236 @@
+"""The forward-only objective: candidates W[n, d] → mean cross-entropy over cached image features.
+
+All n·K prompts of a call go through the text graph in as few runs as a memory cap allows. The run
+size is a pure function of the shapes and the cap (never of timing), the rows are split into equal
+chunks and the last one is padded, so a candidate's loss does not depend on which other candidates
+share its call: batched equals one-by-one (tested). Everything is float64 except the text-graph
+input, cast to float32 at the ORT boundary (`PromptSpace.prompt_rows`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from edge_tune.errors import DataError
+from edge_tune.prompts import PromptSpace
+
+#: Working memory one text-graph run may use (input + a rough activation estimate).
+DEFAULT_MEMORY_CAP = 256 * 2**20
+#: Hard ceiling on prompts per run, whatever the cap allows.
+DEFAULT_MAX_PROMPTS = 4096
+DEFAULT_TEMPLATE = "a photo of a {}."
+
+
+def bytes_per_prompt(length: int, width: int) -> int:
+    """Rough peak working memory of one prompt sequence in the text graph (float32).
+
+    Input L·D, plus the widest activations alive at once in a CLIP block (residual, QKV, 4·D MLP
+    hidden, attention scores L·L per head with heads ≈ D/64): about 16·L·D + L²·D/64 floats.
+    """
+    return 4 * (length * width * 17 + length * length * max(1, width // 64))
+
+
+def rows_per_run(
+    length: int,
+    width: int,
+    *,
+    memory_cap: int = DEFAULT_MEMORY_CAP,
+    max_prompts: int = DEFAULT_MAX_PROMPTS,
+) -> int:
+    """The largest run the cap allows (at least one prompt)."""
+    return max(1, min(int(max_prompts), int(memory_cap) // bytes_per_prompt(length, width)))
+
+
+def chunk_plan(total_rows: int, max_rows: int) -> tuple[int, int]:
+    """(rows per run, number of runs): equal runs covering `total_rows`, the last one padded."""
+    runs = max(1, math.ceil(total_rows / max_rows))
+    return math.ceil(total_rows / runs), runs
+
+
+def score(
+    features: np.ndarray, labels: np.ndarray, class_features: np.ndarray, logit_scale: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mean cross-entropy f64[n], accuracy f64[n]) for class features [K, P] or [n, K, P]."""
+    F = np.asarray(features, dtype=np.float64)
+    T = np.asarray(class_features, dtype=np.float64)
+    if T.ndim == 2:
+        T = T[None]
+    labels = np.asarray(labels, dtype=np.int64)
+    losses = np.empty(len(T))
+    accuracies = np.empty(len(T))
+    rows = np.arange(len(F))
+    for i, t in enumerate(T):
+        logits = float(logit_scale) * (F @ t.T)
+        peak = logits.max(axis=1, keepdims=True)
+        log_norm = peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=1))
+        losses[i] = float(np.mean(log_norm - logits[rows, labels]))
+        accuracies[i] = float(np.mean(np.argmax(logits, axis=1) == labels))
+    return losses, accuracies
+
+
+class PromptObjective:
+    """Loss (and accuracy) of candidate prompt vectors, counted in queries."""
+
+    def __init__(
+        self,
+        bundle_or_session,
+        space: PromptSpace,
+        features: np.ndarray,
+        labels: np.ndarray,
+        *,
+        logit_scale: float | None = None,
+        max_prompts_per_run: int = DEFAULT_MAX_PROMPTS,
+        memory_cap: int = DEFAULT_MEMORY_CAP,
+        provider: str = "auto",
+        threads: int | None = None,
+    ):
+        if hasattr(bundle_or_session, "text_session"):
+            self.session = bundle_or_session.text_session(provider, threads)
+            logit_scale = bundle_or_session.logit_scale if logit_scale is None else logit_scale
+        else:
+            self.session = bundle_or_session
+        if logit_scale is None:
+            raise ValueError("logit_scale is required when a session (not a bundle) is given")
+        features = np.asarray(features, dtype=np.float32)
+        labels = np.asarray(labels, dtype=np.int64)
+        if features.ndim != 2 or len(features) != len(labels) or len(labels) == 0:
+            raise DataError(
+                f"features {list(features.shape)} and labels {list(labels.shape)} do not match",
+                hint="Pass one label per image feature row",
+            )
+        if labels.min() < 0 or labels.max() >= space.num_classes:
+            raise DataError(
+                f"labels run {labels.min()}..{labels.max()} but the prompt space has "
+                f"{space.num_classes} classes",
+                hint="Build the prompts from the data's classnames",
+            )
+        self.space = space
+        self.features = features
+        self.labels = labels
+        self.logit_scale = float(logit_scale)
+        self.max_rows = rows_per_run(
+            space.length, space.text_width, memory_cap=memory_cap, max_prompts=max_prompts_per_run
+        )
+        self.queries = 0  # candidates evaluated by __call__/evaluate
+        self.text_runs = 0  # text-graph runs
+        self.prompts_run = 0  # prompt rows sent to the text graph, padding included
+
+    def __call__(self, W: np.ndarray) -> np.ndarray:
+        """f64[n] mean cross-entropy of each candidate; n queries."""
+        return self.evaluate(W)[0]
+
+    def evaluate(self, W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(f64[n] losses, f64[n] training accuracies); n queries."""
+        W = self.space._check(W)
+        text = self.text_features(W)
+        self.queries += len(W)
+        return score(self.features, self.labels, text, self.logit_scale)
+
+    def class_features(self, w: np.ndarray) -> np.ndarray:
+        """f32[K, P] normalised class text features of one prompt vector (not a query)."""
+        return self.text_features(np.asarray(w, dtype=np.float64).reshape(1, -1))[0]
+
+    def text_features(self, W: np.ndarray) -> np.ndarray:
+        """f32[n, K, P] text features for all candidates, in equal fixed-size runs."""
+        W = self.space._check(W)
+        K = self.space.num_classes
+        total = len(W) * K
+        size, runs = chunk_plan(total, self.max_rows)
+        eot = self.space.eot_rows(len(W))
+        out = []
+        for run in range(runs):
+            start, stop = run * size, min((run + 1) * size, total)
+            embeds = self.space.prompt_rows(W, start, stop)
+            index = eot[start:stop]
+            if stop - start < size:  # pad with copies of the last row: same shape every run
+                fill = size - (stop - start)
+                embeds = np.concatenate([embeds, np.repeat(embeds[-1:], fill, axis=0)])
+                index = np.concatenate([index, np.repeat(index[-1:], fill)])
+            result = np.asarray(self.session.run({"prompt_embeds": embeds, "eot_index": index}))
+            self.text_runs += 1
+            self.prompts_run += size
+            out.append(result[: stop - start])
+        return np.concatenate(out).reshape(len(W), K, -1).astype(np.float32, copy=False)
+
+
+def template_class_features(
+    bundle,
+    session,
+    classnames,
+    template: str = DEFAULT_TEMPLATE,
+    *,
+    memory_cap: int = DEFAULT_MEMORY_CAP,
+) -> np.ndarray:
+    """f32[K, P] class features of a hand-written template (zero-shot CLIP), in capped runs."""
+    from edge_tune.prompts import template_prompts
+
+    embeds, eot_index = template_prompts(bundle, classnames, template)
+    size = rows_per_run(embeds.shape[1], embeds.shape[2], memory_cap=memory_cap)
+    parts = [
+        session.run({"prompt_embeds": embeds[i : i + size], "eot_index": eot_index[i : i + size]})
+        for i in range(0, len(embeds), size)
+    ]
+    return np.concatenate([np.asarray(p, dtype=np.float32) for p in parts])
+
+
+def evaluate_dataset(
+    bundle,
+    dataset,
+    *,
+    template: str = DEFAULT_TEMPLATE,
+    prompt=None,
+    cache_dir=None,
+    provider: str = "auto",
+    threads: int | None = None,
+    progress=None,
+) -> dict:
+    """Accuracy and loss of a template (zero-shot) or a tuned prompt on a labelled image set.
+
+    Image features come through the cache, so evaluating again, or after a fit on the same photos,
+    runs the image graph zero times. `prompt`: a run folder or `prompt.npz` from `edge-tune fit`.
+    """
+    from edge_tune.features import image_features
+    from edge_tune.prompts import PromptSpace, load_prompt
+
+    if prompt is not None:  # check the prompt before spending time on images
+        w, spec, prompt_classes = load_prompt(prompt, bundle)
+        if list(prompt_classes) != list(dataset.classnames):
+            raise DataError(
+                f"the prompt was tuned for classes {prompt_classes[:5]}, the data has "
+                f"{list(dataset.classnames)[:5]}",
+                path=dataset.root,
+                hint="Evaluate on a folder with the classes the prompt was tuned for",
+            )
+    features, labels = image_features(
+        bundle, dataset, cache_dir=cache_dir, provider=provider, threads=threads, progress=progress
+    )
+    session = bundle.text_session(provider, threads)
+    if prompt is None:
+        class_features = template_class_features(bundle, session, dataset.classnames, template)
+        what = {"template": template}
+    else:
+        space = PromptSpace.from_spec(bundle, dataset.classnames, spec)
+        objective = PromptObjective(
+            session, space, features, labels, logit_scale=bundle.logit_scale
+        )
+        class_features = objective.class_features(w)
+        what = {"prompt": str(prompt)}
+    losses, accuracies = score(features, labels, class_features, bundle.logit_scale)
+    predicted = np.argmax(features.astype(np.float64) @ class_features.astype(np.float64).T, axis=1)
+    per_class = {
+        name: float(np.mean(predicted[labels == k] == k)) if np.any(labels == k) else None
+        for k, name in enumerate(dataset.classnames)
+    }
+    return {
+        **what,
+        "accuracy": float(accuracies[0]),
+        "loss": float(losses[0]),
+        "correct": int(np.sum(predicted == labels)),
+        "images": int(len(labels)),
+        "classes": len(dataset.classnames),
+        "per_class_accuracy": per_class,
+        "bundle": str(bundle.path),
+        "bundle_hash": bundle.bundle_hash,
+    }

@@ -1,0 +1,391 @@
+"""Prompt parameterisations: a vector w ∈ R^d → one prompt-embedding sequence per class.
+
+SharpZO (arXiv 2506.20990 §3, code `PromptLearner`): m context tokens start at the token embeddings
+of an init phrase ("a photo of a", m = 4) and move in a d-dimensional subspace through a fixed,
+seeded random projection A [m·D, d]: ctx(w) = ctx0 + reshape(A·w, (m, D)). CoOp: the m context
+vectors are free, d = m·D, ctx(w) = ctx0 + reshape(w) (so w = 0 is the init phrase in both).
+Each class k reads [SOT] ctx "<class name>." [EOT]; the sequence is cut to L = max(EOT)+1 positions,
+which is exact because the text graph is causal and reads the EOT position only.
+
+A is generated from the seed with our own Box–Muller over PCG64's raw stream (which numpy keeps
+stable), not `Generator.standard_normal` (whose stream numpy may change), and `spec()` stores a
+checksum of it, so a saved prompt rebuilds to the same A on any machine or refuses loudly.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from typing import Sequence
+
+import numpy as np
+
+from edge_tune.errors import CheckpointError, DataError
+
+PARAMETERISATIONS = ("sharpzo", "coop")
+DEFAULT_INIT = "a photo of a"
+DEFAULT_DIM = 512
+
+
+class PromptSpace:
+    """Everything needed to turn candidate vectors W[n, d] into text-graph inputs."""
+
+    def __init__(
+        self,
+        *,
+        parameterisation: str,
+        init: str,
+        seed: int,
+        projection_std: float | None,
+        classnames: list[str],
+        ctx0: np.ndarray,
+        projection: np.ndarray | None,
+        base: np.ndarray,
+        eot_index: np.ndarray,
+        context_length: int,
+    ):
+        self.parameterisation = parameterisation
+        self.init = init
+        self.seed = seed
+        self.projection_std = projection_std
+        self.classnames = list(classnames)
+        self.ctx0 = ctx0  # f64[m, D]
+        self.projection = projection  # f64[m*D, d] (sharpzo) or None (coop: identity)
+        # A·w for a batch is W @ Aᵀ; a contiguous Aᵀ keeps it one plain BLAS call
+        self._projection_t = None if projection is None else np.ascontiguousarray(projection.T)
+        self.base = base  # f32[K, L, D]: SOT, ctx0, class suffix, padding
+        self.eot_index = eot_index  # i64[K]
+        self.context_length = context_length
+
+    # --- construction ---------------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        bundle,
+        classnames: Sequence[str],
+        *,
+        init: str = DEFAULT_INIT,
+        dim: int | None = None,
+        projection_std: float | None = None,
+        seed: int = 0,
+        parameterisation: str = "sharpzo",
+    ) -> "PromptSpace":
+        """Tokenise the init phrase and every class; draw A (`projection_std=None`: table std)."""
+        if parameterisation not in PARAMETERISATIONS:
+            raise DataError(
+                f"unknown prompt parameterisation {parameterisation!r}",
+                hint=f"Use one of {', '.join(PARAMETERISATIONS)}",
+            )
+        if len(classnames) < 1:
+            raise DataError("no class names given", hint="Pass at least two classes")
+        table = bundle.token_embedding()
+        tokenizer = bundle.tokenizer()
+        sot, eot = int(bundle.sot_id), int(bundle.eot_id)
+        pad = int(bundle.manifest.get("tokens", {}).get("pad_id", eot))
+        context_length = int(bundle.context_length)
+        width = int(table.shape[1])
+        init_ids = _inner_ids(tokenizer.encode(init), sot, eot, what=f"init phrase {init!r}")
+        if not init_ids:
+            raise DataError(
+                f"init phrase {init!r} has no tokens", hint='Use e.g. --init "a photo of a"'
+            )
+        m = len(init_ids)
+        suffixes = []
+        for name in classnames:
+            ids = _inner_ids(tokenizer.encode(f"{name}."), sot, eot, what=f"class {name!r}") + [eot]
+            if 1 + m + len(ids) > context_length:
+                raise DataError(
+                    f"class name {name!r} is {len(ids) - 1} tokens; with {m} context tokens the "
+                    f"prompt needs {1 + m + len(ids)} positions, more than the model's "
+                    f"{context_length}",
+                    hint="Shorten the class name (classnames.json)",
+                )
+            suffixes.append(ids)
+        eot_index = np.array([m + len(ids) for ids in suffixes], dtype=np.int64)
+        length = int(eot_index.max()) + 1
+        base = np.empty((len(classnames), length, width), dtype=np.float32)
+        for k, ids in enumerate(suffixes):
+            row = [sot] + init_ids + ids + [pad] * (length - 1 - m - len(ids))
+            base[k] = _rows(table, row)
+        ctx0 = _rows(table, init_ids).astype(np.float64)
+        if parameterisation == "coop":
+            if dim not in (None, m * width):
+                raise DataError(
+                    f"the coop parameterisation has d = m·D = {m * width}, not {dim}",
+                    hint="Leave --dim unset with coop",
+                )
+            projection, std = None, None
+        else:
+            dim = DEFAULT_DIM if dim is None else int(dim)
+            if dim < 1:
+                raise DataError(
+                    f"prompt dimension {dim} must be at least 1", hint="Use e.g. --dim 512"
+                )
+            std = float(table_std(table) if projection_std is None else projection_std)
+            if not np.isfinite(std) or std <= 0:
+                raise DataError(
+                    f"projection std {std} must be a positive number", hint="Use e.g. 0.02"
+                )
+            projection = seeded_normal(seed, (m * width, dim)) * std
+        return cls(
+            parameterisation=parameterisation,
+            init=init,
+            seed=int(seed),
+            projection_std=std,
+            classnames=list(classnames),
+            ctx0=ctx0,
+            projection=projection,
+            base=base,
+            eot_index=eot_index,
+            context_length=context_length,
+        )
+
+    def spec(self) -> dict:
+        """A plain, JSON-able description from which `from_spec` rebuilds this space exactly."""
+        return {
+            "parameterisation": self.parameterisation,
+            "init": self.init,
+            "context_tokens": self.m,
+            "dim": self.dim,
+            "seed": self.seed,
+            "projection_std": self.projection_std,
+            "text_width": self.text_width,
+            "projection_sha256": self.projection_checksum(),
+        }
+
+    @classmethod
+    def from_spec(cls, bundle, classnames: Sequence[str], spec: dict) -> "PromptSpace":
+        """Rebuild from `spec()`; `CheckpointError` if the bundle or generator no longer agree."""
+        space = cls.build(
+            bundle,
+            classnames,
+            init=spec["init"],
+            dim=spec["dim"],
+            projection_std=spec.get("projection_std"),
+            seed=spec["seed"],
+            parameterisation=spec["parameterisation"],
+        )
+        if space.text_width != spec.get("text_width", space.text_width) or space.m != spec.get(
+            "context_tokens", space.m
+        ):
+            raise CheckpointError(
+                f"prompt was made for text width {spec.get('text_width')} with "
+                f"{spec.get('context_tokens')} context tokens, this bundle gives "
+                f"{space.text_width} and {space.m}",
+                path=getattr(bundle, "path", None),
+                hint="Use the bundle the prompt was tuned with",
+            )
+        if (
+            spec.get("projection_sha256", space.projection_checksum())
+            != space.projection_checksum()
+        ):
+            raise CheckpointError(
+                "the rebuilt projection A differs from the one the prompt was tuned with",
+                path=getattr(bundle, "path", None),
+                hint="Re-tune, or use the edge-tune version that made the prompt",
+            )
+        return space
+
+    def padded(self, length: int) -> "PromptSpace":
+        """The same space with sequences padded to `length` positions (for truncation checks)."""
+        if not self.length <= length <= self.context_length:
+            raise DataError(
+                f"length {length} is outside {self.length}..{self.context_length}",
+                hint="Pick a length between max(EOT)+1 and the context length",
+            )
+        other = copy.copy(self)
+        extra = length - self.length
+        other.base = (
+            np.concatenate([self.base, self._pad_rows(extra)], axis=1) if extra else self.base
+        )
+        return other
+
+    # --- shapes ------------------------------------------------------------------------------
+    @property
+    def m(self) -> int:
+        return int(self.ctx0.shape[0])
+
+    @property
+    def text_width(self) -> int:
+        return int(self.ctx0.shape[1])
+
+    @property
+    def dim(self) -> int:
+        return (
+            self.m * self.text_width if self.projection is None else int(self.projection.shape[1])
+        )
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.base.shape[0])
+
+    @property
+    def length(self) -> int:
+        """L, the sequence length fed to the text graph."""
+        return int(self.base.shape[1])
+
+    # --- the map w -> prompts ----------------------------------------------------------------
+    def context(self, W: np.ndarray) -> np.ndarray:
+        """f64[n, m, D] context tokens for candidates W[n, d] (float64 throughout)."""
+        W = self._check(W)
+        offsets = W if self._projection_t is None else W @ self._projection_t
+        return self.ctx0[None] + offsets.reshape(len(W), self.m, self.text_width)
+
+    def embeddings(self, W: np.ndarray) -> np.ndarray:
+        """f32[n*K, L, D] prompt embeddings, candidate-major (row i*K + k)."""
+        W = self._check(W)
+        return self.prompt_rows(W, 0, len(W) * self.num_classes)
+
+    def eot_rows(self, n: int) -> np.ndarray:
+        """i64[n*K] EOT positions matching `embeddings` of n candidates."""
+        return np.tile(self.eot_index, n)
+
+    def prompt_rows(self, W: np.ndarray, start: int, stop: int) -> np.ndarray:
+        """Rows start..stop of `embeddings(W)` without building the others (bounded memory)."""
+        W = self._check(W)
+        rows = np.arange(start, stop)
+        candidate, klass = rows // self.num_classes, rows % self.num_classes
+        used = np.unique(candidate)
+        ctx = self.context(W[used]).astype(np.float32)  # the ORT boundary: cast once, here
+        out = self.base[klass].copy()
+        out[:, 1 : 1 + self.m, :] = ctx[np.searchsorted(used, candidate)]
+        return out
+
+    def projection_checksum(self) -> str | None:
+        if self.projection is None:
+            return None
+        return hashlib.sha256(
+            np.ascontiguousarray(self.projection, dtype="<f8").tobytes()
+        ).hexdigest()[:16]
+
+    def _check(self, W: np.ndarray) -> np.ndarray:
+        W = np.asarray(W, dtype=np.float64)
+        if W.ndim == 1:
+            W = W[None]
+        if W.ndim != 2 or W.shape[1] != self.dim:
+            raise ValueError(f"candidates must have shape [n, {self.dim}], got {list(np.shape(W))}")
+        return W
+
+    def _pad_rows(self, count: int) -> np.ndarray:
+        """Extra positions: copies of each row's last one (pad or EOT), inert by causality."""
+        last = self.base[:, -1:, :]
+        return np.repeat(last, count, axis=1)
+
+
+def template_prompts(
+    bundle, classnames: Sequence[str], template: str = "a photo of a {}."
+) -> tuple[np.ndarray, np.ndarray]:
+    """(f32[K, L, D], i64[K]) for a hand-written template, each sentence tokenised whole."""
+    if template.count("{}") != 1:
+        raise DataError(
+            f"template {template!r} must contain '{{}}' exactly once",
+            hint='Use e.g. --template "a photo of a {}."',
+        )
+    table = bundle.token_embedding()
+    tokenizer = bundle.tokenizer()
+    eot = int(bundle.eot_id)
+    pad = int(bundle.manifest.get("tokens", {}).get("pad_id", eot))
+    sequences = []
+    for name in classnames:
+        ids = list(tokenizer.encode(template.format(name)))
+        if len(ids) > int(bundle.context_length):
+            raise DataError(
+                f"the prompt for class {name!r} is {len(ids)} tokens, more than the model's "
+                f"{bundle.context_length}",
+                hint="Shorten the template or the class name",
+            )
+        sequences.append(ids)
+    length = max(len(ids) for ids in sequences)
+    embeds = np.stack([_rows(table, ids + [pad] * (length - len(ids))) for ids in sequences])
+    eot_index = np.array([len(ids) - 1 for ids in sequences], dtype=np.int64)
+    return embeds.astype(np.float32), eot_index
+
+
+def seeded_normal(seed: int, shape: tuple[int, ...]) -> np.ndarray:
+    """N(0, 1) from PCG64(seed)'s raw 64-bit stream (Box–Muller): stable across numpy versions."""
+    count = int(np.prod(shape))
+    raw = np.random.PCG64(seed).random_raw(2 * ((count + 1) // 2))
+    uniform = ((raw >> np.uint64(11)).astype(np.float64) + 1.0) * 2.0**-53  # (0, 1]
+    u1, u2 = uniform[0::2], uniform[1::2]
+    radius = np.sqrt(-2.0 * np.log(u1))
+    normal = np.concatenate([radius * np.cos(2 * np.pi * u2), radius * np.sin(2 * np.pi * u2)])
+    return normal[:count].reshape(shape)
+
+
+def table_std(table: np.ndarray, block: int = 8192) -> float:
+    """Standard deviation of all entries of the token table, in blocks (it may be mmapped)."""
+    total, total_sq, count = 0.0, 0.0, 0
+    for start in range(0, table.shape[0], block):
+        chunk = np.asarray(table[start : start + block], dtype=np.float64)
+        total += float(chunk.sum())
+        total_sq += float(np.square(chunk).sum())
+        count += chunk.size
+    mean = total / count
+    return float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
+
+
+def _inner_ids(ids: Sequence[int], sot: int, eot: int, *, what: str) -> list[int]:
+    """Token ids without the SOT/EOT the tokenizer adds."""
+    ids = list(ids)
+    if not ids or ids[0] != sot or ids[-1] != eot:
+        raise DataError(f"tokenizer did not wrap {what} in SOT/EOT", hint="Re-export the bundle")
+    return ids[1:-1]
+
+
+def _rows(table: np.ndarray, ids: Sequence[int]) -> np.ndarray:
+    """Embedding rows for token ids, as float32, with a clear error for ids outside the table."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
+        raise DataError(
+            f"token id {int(ids.max())} is outside the {table.shape[0]}-row embedding table",
+            hint="The tokenizer does not match the bundle; re-export it",
+        )
+    return np.asarray(table[ids], dtype=np.float32)
+
+
+def load_prompt(path, bundle) -> tuple[np.ndarray, dict, list[str]]:
+    """(w, space spec, class names) from a tuned `prompt.npz` or a run folder holding one.
+
+    Refuses a prompt tuned with another bundle (its `bundle_hash` differs from this bundle's).
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    file = path / "prompt.npz" if path.is_dir() else path
+    if not file.is_file():
+        raise CheckpointError(
+            "no prompt.npz here", path=file, hint="Pass a run folder made by edge-tune fit"
+        )
+    try:
+        with np.load(file, allow_pickle=False) as arrays:
+            w = np.asarray(arrays["w"], dtype=np.float64)
+            spec = json.loads(str(arrays["spec"]))
+            classnames = [str(n) for n in arrays["classnames"]]
+            bundle_hash = str(arrays["bundle_hash"])
+    except KeyError as err:
+        raise CheckpointError(
+            f"prompt file lacks the array {err}",
+            path=file,
+            hint="Re-run edge-tune fit to write a complete prompt.npz",
+        ) from err
+    except (OSError, ValueError, json.JSONDecodeError) as err:
+        raise CheckpointError(
+            f"prompt file is unreadable ({err})",
+            path=file,
+            hint="Re-run edge-tune fit to write it again",
+        ) from err
+    if bundle_hash != bundle.bundle_hash:
+        raise CheckpointError(
+            f"prompt was tuned with bundle {bundle_hash[:12]}, not this one "
+            f"({bundle.bundle_hash[:12]})",
+            path=file,
+            hint="Pass the --bundle the prompt was tuned with",
+        )
+    if w.ndim != 1 or w.shape[0] != spec.get("dim"):
+        raise CheckpointError(
+            f"w has shape {list(w.shape)} but the spec says d = {spec.get('dim')}",
+            path=file,
+            hint="Re-run edge-tune fit to write it again",
+        )
+    return w, spec, classnames

@@ -1,0 +1,298 @@
+"""What a run shows while it works and leaves behind: metrics.jsonl, curve.png, the progress line.
+
+`metrics.jsonl` gets one JSON object per evaluation; its byte length is recorded in each checkpoint
+so that a resumed run cuts off what was logged after the checkpoint it continues from. The learning
+curve is drawn with Pillow alone (no plotting library in the runtime). The progress line goes to
+stderr and stays quiet when stderr is not a terminal (logs and CI stay clean).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
+
+from edge_tune.checkpoint import atomic_write_bytes
+
+# --- metrics.jsonl ----------------------------------------------------------------------------
+
+
+class MetricsLog:
+    """Append-only JSON-lines log whose length (`offset`) a checkpoint can record and restore."""
+
+    def __init__(self, path: str | Path, *, offset: int | None = None):
+        self.path = Path(path)
+        if offset is not None:  # resuming: forget lines written after the checkpoint
+            with open(self.path, "ab") as handle:
+                handle.truncate(offset)
+        self.path.touch(exist_ok=True)
+
+    @property
+    def offset(self) -> int:
+        return self.path.stat().st_size
+
+    def append(self, record: dict) -> None:
+        line = json.dumps(record, sort_keys=True, allow_nan=False) + "\n"
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(line)
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """Every record of a metrics.jsonl (a torn last line from a kill is ignored)."""
+    records = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return records
+
+
+# --- curve.png --------------------------------------------------------------------------------
+
+_COLOURS = {
+    "train": (31, 119, 180),
+    "val": (214, 39, 40),
+    "zero-shot": (120, 120, 120),
+    "loss": (44, 160, 44),
+}
+
+
+def draw_curve(
+    records: Sequence[dict],
+    path: str | Path,
+    *,
+    zero_shot: float | None = None,
+    title: str = "edge-tune fit",
+) -> Path:
+    """Accuracy (train, validation) and training loss against queries, with the zero-shot line."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    width, height, margin = 900, 620, 70
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+    draw.text((margin, 12), title, fill="black", font=font)
+    xs = [float(r["queries"]) for r in records] or [0.0]
+    x_max = max(max(xs), 1.0)
+    panels = [
+        ("accuracy", (0.0, 1.0), [("train", "train_accuracy"), ("val", "val_accuracy")]),
+        ("training loss", None, [("loss", "train_loss")]),
+    ]
+    panel_height = (height - 3 * margin) // 2
+    for index, (label, y_range, series) in enumerate(panels):
+        top = margin + index * (panel_height + margin)
+        box = (margin, top, width - margin // 2, top + panel_height)
+        values = [r[key] for _, key in series for r in records if r.get(key) is not None]
+        if y_range is None:
+            low, high = (min(values), max(values)) if values else (0.0, 1.0)
+            pad = (high - low) * 0.05 or 0.5
+            y_range = (low - pad, high + pad)
+
+        def to_xy(x: float, y: float, box=box, y_range=y_range) -> tuple[float, float]:
+            left, top_, right, bottom = box
+            fx = x / x_max
+            fy = (y - y_range[0]) / (y_range[1] - y_range[0])
+            return left + fx * (right - left), bottom - fy * (bottom - top_)
+
+        draw.rectangle(box, outline="black")
+        draw.text((box[0], box[1] - 16), label, fill="black", font=font)
+        for fraction in (0.0, 0.5, 1.0):
+            y = y_range[0] + fraction * (y_range[1] - y_range[0])
+            _, py = to_xy(0, y)
+            draw.text((8, py - 6), f"{y:.3g}", fill="black", font=font)
+        for fraction in (0.0, 0.25, 0.5, 0.75, 1.0):
+            px, _ = to_xy(fraction * x_max, y_range[0])
+            draw.text((px - 10, box[3] + 4), f"{fraction * x_max:.0f}", fill="black", font=font)
+        if index == 0 and zero_shot is not None:
+            _dashed_line(draw, to_xy(0, zero_shot), to_xy(x_max, zero_shot), _COLOURS["zero-shot"])
+        legend_x = box[0] + 8
+        for name, key in series:
+            points = [to_xy(float(r["queries"]), r[key]) for r in records if r.get(key) is not None]
+            if len(points) > 1:
+                draw.line(points, fill=_COLOURS[name], width=2)
+            for px, py in points[-1:]:
+                draw.ellipse((px - 3, py - 3, px + 3, py + 3), fill=_COLOURS[name])
+            draw.text((legend_x, box[1] + 6), name, fill=_COLOURS[name], font=font)
+            legend_x += 60
+        if index == 0 and zero_shot is not None:
+            draw.text(
+                (legend_x, box[1] + 6),
+                f"zero-shot {zero_shot:.3f}",
+                fill=_COLOURS["zero-shot"],
+                font=font,
+            )
+    draw.text((width // 2 - 20, height - 22), "queries", fill="black", font=font)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def _dashed_line(draw, start, end, colour, dash: float = 8.0) -> None:
+    (x0, y0), (x1, y1) = start, end
+    length = math.hypot(x1 - x0, y1 - y0)
+    steps = max(int(length // dash), 1)
+    for i in range(0, steps, 2):
+        a, b = i / steps, min((i + 1) / steps, 1.0)
+        draw.line(
+            [(x0 + a * (x1 - x0), y0 + a * (y1 - y0)), (x0 + b * (x1 - x0), y0 + b * (y1 - y0))],
+            fill=colour,
+            width=1,
+        )
+
+
+# --- the progress line ------------------------------------------------------------------------
+
+
+def format_seconds(seconds: float) -> str:
+    """`75` -> `1m15s`; short, for the progress line and the summary."""
+    if not math.isfinite(seconds):
+        return "?"
+    if seconds < 9.95:
+        return f"{seconds:.1f}s"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+class Progress:
+    """One self-rewriting line on stderr: queries/budget, stage, loss, accuracies, speed, ETA."""
+
+    def __init__(
+        self,
+        *,
+        budget_queries: int | None = None,
+        budget_seconds: float | None = None,
+        stream: IO[str] | None = None,
+        enabled: bool | None = None,
+        min_interval: float = 0.2,
+    ):
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = _is_terminal(self.stream) if enabled is None else enabled
+        self.budget_queries = budget_queries
+        self.budget_seconds = budget_seconds
+        self.min_interval = min_interval
+        self._last_draw = 0.0
+        self._width = 0
+
+    def line(
+        self,
+        *,
+        queries: int,
+        stage: str,
+        loss: float | None,
+        train_accuracy: float | None,
+        val_accuracy: float | None,
+        queries_per_second: float,
+        elapsed: float,
+    ) -> str:
+        """The text of the line (pure, for tests)."""
+        total = f"/{self.budget_queries}" if self.budget_queries else ""
+        parts = [f"queries {queries}{total}", stage]
+        if self.budget_queries:
+            fraction = min(queries / self.budget_queries, 1.0)
+            filled = int(fraction * 20)
+            parts.insert(0, "[" + "#" * filled + "." * (20 - filled) + "]")
+        if loss is not None:
+            parts.append(f"loss {loss:.4f}")
+        if train_accuracy is not None:
+            parts.append(f"train {100 * train_accuracy:.1f}%")
+        if val_accuracy is not None:
+            parts.append(f"val {100 * val_accuracy:.1f}%")
+        parts.append(f"{queries_per_second:.1f} q/s")
+        parts.append(f"ETA {format_seconds(self._eta(queries, queries_per_second, elapsed))}")
+        return "  ".join(parts)
+
+    def _eta(self, queries: int, rate: float, elapsed: float) -> float:
+        left = []
+        if self.budget_queries and rate > 0:
+            left.append(max(self.budget_queries - queries, 0) / rate)
+        if self.budget_seconds:
+            left.append(max(self.budget_seconds - elapsed, 0.0))
+        return min(left) if left else float("nan")
+
+    def update(self, force: bool = False, **fields) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_draw < self.min_interval:
+            return
+        self._last_draw = now
+        text = self.line(**fields)
+        self.stream.write("\r" + text.ljust(self._width))
+        self.stream.flush()
+        self._width = len(text)
+
+    def close(self) -> None:
+        if self.enabled and self._width:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._width = 0
+
+
+def encoding_progress(stream: IO[str] | None = None):
+    """A `(done, total)` callback for image-feature encoding: one line on a terminal, else None."""
+    stream = stream if stream is not None else sys.stderr
+    if not _is_terminal(stream):
+        return None
+
+    def show(done: int, total: int) -> None:
+        if total:
+            stream.write(f"\rencoding images {done}/{total}")
+            if done >= total:
+                stream.write("\n")
+            stream.flush()
+
+    return show
+
+
+def _is_terminal(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty() and os.environ.get("TERM") != "dumb"
+    except (AttributeError, ValueError):
+        return False
+
+
+# --- the end-of-run summary -------------------------------------------------------------------
+
+
+def format_summary(result: dict, run_dir: str | Path | None = None) -> str:
+    """The lines `edge-tune fit` prints at the end: zero-shot vs tuned, cost, where things went."""
+    data = result["data"]
+    where = {
+        "eval set": f"evaluation set, {data['val_images']} images",
+        "hold-out": f"hold-out of the shots, {data['val_images']} images",
+        "none": f"the {data['train_images']} shots themselves, no validation set",
+    }[data["validation"]]
+    lines = [f"zero-shot accuracy: {100 * result['zero_shot_accuracy']:.1f}%   ({where})"]
+    final = result["final"]["val_accuracy"]
+    if final is None:
+        final = result["final"]["train_accuracy"]
+    if result["selected"] == "best":
+        lines.append(
+            f"tuned accuracy:     {100 * result['tuned_accuracy']:.1f}%   "
+            f"(best on validation, step {result['best']['step']}; final prompt "
+            f"{100 * final:.1f}%)"
+        )
+    else:
+        lines.append(f"tuned accuracy:     {100 * result['tuned_accuracy']:.1f}%   (final prompt)")
+    lines.append(
+        f"queries {result['queries']} (+{result['eval_queries']} to evaluate), "
+        f"{result['steps']} steps, stage {result['stage']}, "
+        f"{format_seconds(result['seconds'])} tuning, peak memory {result['peak_rss_mb']:.0f} MB"
+    )
+    if run_dir is not None:
+        lines.append(
+            f"wrote {run_dir}/: classifier.npz prompt.npz result.json metrics.jsonl curve.png"
+        )
+        lines.append(f"predict with: edge-tune predict {run_dir} IMAGE...")
+    return "\n".join(lines)

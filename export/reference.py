@@ -1,0 +1,223 @@
+"""The PyTorch references that `edge-tune bench` measures edge-tune against.
+
+Two paths, both on SharpZO's parameterisation `ctx(w) = ctx0 + reshape(A w)` from the runtime's own
+`PromptSpace` (so the same prompts are scored):
+
+- `EagerReference`: forward-only scoring the way SharpZO's released code does it: every candidate
+  on its own, its K class prompts padded to CLIP's full 77 tokens, one PyTorch-eager text-encoder
+  call per candidate, under `no_grad`.
+- `first_order_tune`: CoOp-style first-order prompt tuning (Adam through autograd) on the same
+  parameterisation and classes, for the memory comparison: this is what a device would have to hold
+  to train the prompt with backpropagation.
+
+The text encoder is the exporter's own `PromptTextEncoder` around the model the bundle was exported
+from (registry model, `dir:` checkpoint or hub id, by the manifest's `model.source`), so its features
+match the bundle's text graph; when that model cannot be rebuilt here (a hub id offline), a randomly
+initialised encoder of the same shapes stands in and `weights` says so: its timings and memory still
+hold, its losses do not. Attention runs as transformers loads it by default (SDPA), PyTorch at its best
+in eager mode.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edge_tune_export.wrappers import PromptTextEncoder  # the bundle text graph's own maths
+
+FULL_LENGTH = 77
+
+
+def load_clip_model(bundle_dir: str | Path) -> tuple[nn.Module, str]:
+    """The bundle's source model in eval mode, and where its weights came from."""
+    from transformers import CLIPConfig, CLIPModel
+
+    manifest = json.loads((Path(bundle_dir) / "manifest.json").read_text())
+    source = str(manifest.get("model", {}).get("source", ""))
+    kind, _, name = source.partition(":")
+    model = None
+    if kind == "registry":
+        model = _registry_model(name)
+    elif kind == "dir" and Path(name).is_dir():
+        model = CLIPModel.from_pretrained(name, local_files_only=True)
+    elif kind == "hf":
+        try:
+            model = CLIPModel.from_pretrained(name)
+        except Exception:  # offline hub: fall back to the same shapes below
+            model = None
+    if model is not None:
+        return model.eval(), source
+    config = CLIPConfig(text_config=_text_config_from_graph(Path(bundle_dir), manifest),
+                        projection_dim=manifest["dims"]["projection_dim"])
+    torch.manual_seed(0)
+    return CLIPModel(config).eval(), "random (same shapes as the bundle; source not available here)"
+
+
+def _registry_model(name: str) -> nn.Module | None:
+    """Rebuild a registry model (tiny-random, b16-random) through the exporter's registry."""
+    from edge_tune_export import registry
+
+    return registry.build_model(name)
+
+
+def _text_config_from_graph(bundle_dir: Path, manifest: dict) -> dict:
+    """Text-tower shapes read from text.onnx: width, layers (Softmax count), MLP width."""
+    import onnx
+
+    graph = onnx.load(str(bundle_dir / "text.onnx"), load_external_data=False).graph
+    width = int(manifest["dims"]["text_width"])
+    layers = sum(1 for node in graph.node if node.op_type == "Softmax")
+    hidden = max((int(i.dims[0]) * int(i.dims[1]) // width for i in graph.initializer
+                  if len(i.dims) == 2 and width in tuple(i.dims)), default=4 * width)
+    return {"hidden_size": width, "intermediate_size": hidden, "num_hidden_layers": layers,
+            "num_attention_heads": max(1, width // 64),
+            "max_position_embeddings": int(manifest["dims"]["context_length"]),
+            "vocab_size": int(manifest["dims"]["vocab_size"]), "hidden_act": "quick_gelu"}
+
+
+class EagerReference:
+    """SharpZO's released scoring path in PyTorch eager: one candidate at a time, 77-token prompts."""
+
+    def __init__(self, bundle_dir: str | Path, space: Any, features: np.ndarray, labels: np.ndarray,
+                 *, logit_scale: float, threads: int | None = None):
+        if threads:
+            torch.set_num_threads(int(threads))
+        model, self.weights = load_clip_model(bundle_dir)
+        self.encoder = PromptTextEncoder(model).eval()
+        self.space = space.padded(min(FULL_LENGTH, space.context_length))
+        self.features = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        self.logit_scale = float(logit_scale)
+        self.eot_index = torch.from_numpy(np.asarray(space.eot_index, dtype=np.int64))
+
+    @torch.no_grad()
+    def class_features(self, w: np.ndarray) -> torch.Tensor:
+        prompts = self.space.embeddings(np.asarray(w, dtype=np.float64)[None, :])
+        return self.encoder(torch.from_numpy(prompts), self.eot_index)
+
+    @torch.no_grad()
+    def losses(self, W: np.ndarray) -> np.ndarray:
+        """Mean cross-entropy per candidate, each candidate its own text-encoder call."""
+        out = []
+        for w in np.atleast_2d(W):
+            logits = self.logit_scale * self.features @ self.class_features(w).T
+            out.append(float(F.cross_entropy(logits, self.labels)))
+        return np.asarray(out, dtype=np.float64)
+
+
+def first_order_tune(bundle_dir: str | Path, space: Any, features: np.ndarray, labels: np.ndarray,
+                     *, logit_scale: float, steps: int = 5, lr: float = 1e-3,
+                     threads: int | None = None, full_length: bool = True) -> dict:
+    """Adam on w through autograd (CoOp-style), SharpZO's parameterisation; returns losses and timing.
+
+    Prompts are built in torch as [SOT] (ctx0 + reshape(A w)) suffix from the prompt space's own
+    tensors, so the gradient reaches w; `full_length` pads them to 77 tokens as CoOp does.
+    """
+    if threads:
+        torch.set_num_threads(int(threads))
+    model, weights = load_clip_model(bundle_dir)
+    encoder = PromptTextEncoder(model)
+    for parameter in encoder.parameters():
+        parameter.requires_grad_(False)
+    if space.projection is None:
+        raise ValueError("first_order_tune needs the sharpzo parameterisation (a projection A)")
+    if full_length:
+        space = space.padded(min(FULL_LENGTH, space.context_length))
+    base = torch.from_numpy(np.ascontiguousarray(space.base, dtype=np.float32))   # [K, L, D], ctx0 at 1..m
+    projection = torch.from_numpy(np.asarray(space.projection, dtype=np.float32))  # [m*D, d]
+    count = space.m
+    eot_index = torch.from_numpy(np.asarray(space.eot_index, dtype=np.int64))
+    x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+    y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    w = torch.zeros(projection.shape[1], dtype=torch.float32, requires_grad=True)
+    optimiser = torch.optim.Adam([w], lr=lr)
+    classes, length, width = base.shape
+    losses, started = [], time.perf_counter()
+    for _ in range(steps):
+        ctx = (projection @ w).view(1, count, width).expand(classes, count, width)
+        prompts = torch.cat([base[:, :1], base[:, 1:1 + count] + ctx, base[:, 1 + count:]], dim=1)
+        logits = logit_scale * x @ encoder(prompts, eot_index).T
+        loss = F.cross_entropy(logits, y)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(float(loss.detach()))
+    return {"losses": losses, "seconds_per_step": (time.perf_counter() - started) / max(1, steps),
+            "weights": weights, "w": w.detach().numpy().astype(np.float64)}
+
+
+class SharedPrefixTextEncoder(nn.Module):
+    """Experimental (measured by the benchmarks, proposed for the exporter): the text graph with the
+    common prefix computed once per candidate.
+
+    SOT + the m context tokens are the same for all K class prompts of a candidate, and the encoder is
+    causal, so their hidden states (and each layer's keys/values) are shared: compute them once on
+    prefix [n,P,D], then run only the class suffixes [n,K,S,D], attending to the shared keys/values.
+    Same features as `PromptTextEncoder` (max |diff| 1.4e-7 on ViT-B/16 shapes) for (1+m)/K + S
+    instead of L token-rows per prompt. `eot_in_suffix` [n,K] is the EOT position minus P.
+    """
+
+    def __init__(self, clip_model: nn.Module):
+        super().__init__()
+        text = clip_model.text_model
+        self.position = text.embeddings.position_embedding
+        self.layers = text.encoder.layers
+        self.final_norm = text.final_layer_norm
+        self.projection = clip_model.text_projection
+        self.heads = text.config.num_attention_heads
+        self.head_width = text.config.hidden_size // self.heads
+
+    def _qkv(self, attention: nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        shape = hidden.shape[:-1] + (self.heads, self.head_width)
+        q = attention.q_proj(hidden).view(shape).transpose(-2, -3) * self.head_width ** -0.5
+        k = attention.k_proj(hidden).view(shape).transpose(-2, -3)
+        v = attention.v_proj(hidden).view(shape).transpose(-2, -3)
+        return q, k, v  # [..., heads, T, head_width]
+
+    def forward(self, prefix: torch.Tensor, suffix: torch.Tensor, eot_in_suffix: torch.Tensor
+                ) -> torch.Tensor:
+        n, p, width = prefix.shape
+        k, s = suffix.shape[1], suffix.shape[2]
+        hp = prefix + self.position.weight[:p]
+        hs = suffix + self.position.weight[p:p + s]
+        ip, is_ = torch.arange(p), torch.arange(s)
+        mask_p = torch.where(ip[None, :] > ip[:, None], float("-inf"), 0.0)
+        mask_s = torch.where(is_[None, :] > is_[:, None], float("-inf"), 0.0)
+        for layer in self.layers:
+            attention = layer.self_attn
+            qp, kp, vp = self._qkv(attention, layer.layer_norm1(hp))   # [n,H,P,hd]
+            qs, ks, vs = self._qkv(attention, layer.layer_norm1(hs))   # [n,K,H,S,hd]
+            out_p = torch.softmax(qp @ kp.transpose(-1, -2) + mask_p, -1) @ vp
+            scores = torch.cat([qs @ kp.unsqueeze(1).transpose(-1, -2),
+                                qs @ ks.transpose(-1, -2) + mask_s], -1)
+            probs = torch.softmax(scores, -1)
+            out_s = probs[..., :p] @ vp.unsqueeze(1) + probs[..., p:] @ vs
+            hp = hp + attention.out_proj(out_p.transpose(-2, -3).reshape(n, p, width))
+            hs = hs + attention.out_proj(out_s.transpose(-2, -3).reshape(n, k, s, width))
+            hp = hp + layer.mlp(layer.layer_norm2(hp))
+            hs = hs + layer.mlp(layer.layer_norm2(hs))
+        index = eot_in_suffix[:, :, None, None].expand(n, k, 1, width)
+        pooled = torch.gather(hs, 2, index)[:, :, 0]
+        return F.normalize(self.projection(self.final_norm(pooled)), dim=-1)
+
+
+def export_shared_prefix_graph(bundle_dir: str | Path, out: str | Path) -> Path:
+    """Export `SharedPrefixTextEncoder` of the bundle's source model to `out` (for measurement)."""
+    model, _ = load_clip_model(bundle_dir)
+    encoder = SharedPrefixTextEncoder(model).eval()
+    width = model.config.text_config.hidden_size
+    example = (torch.randn(3, 5, width), torch.randn(3, 4, 4, width), torch.tensor([[1, 2, 3, 3]] * 3))
+    n, k, s = torch.export.Dim("n"), torch.export.Dim("K"), torch.export.Dim("S", max=72)
+    torch.onnx.export(encoder, example, str(out), input_names=["prefix_embeds", "suffix_embeds",
+                                                                "eot_in_suffix"],
+                      output_names=["text_embeds"], dynamo=True, external_data=False,
+                      dynamic_shapes={"prefix": {0: n}, "suffix": {0: n, 1: k, 2: s},
+                                      "eot_in_suffix": {0: n, 1: k}})
+    return Path(out)

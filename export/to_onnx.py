@@ -1,0 +1,74 @@
+"""Write the wrappers as ONNX graphs with the modern exporter (`torch.onnx.export(dynamo=True)`).
+
+Each graph is one self-contained file (`external_data=False`) with dynamic batch axes (image: B; text:
+C and L <= context length) and `metadata_props` naming its role and the bundle format version, so a
+runtime can tell a text graph from an image graph without trusting file names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+
+from edge_tune.bundle import FORMAT_VERSION
+from edge_tune_export.wrappers import ImageEncoder, PromptTextEncoder
+
+DEFAULT_OPSET = 20
+
+
+def export_text_graph(model, path: Path, *, opset: int = DEFAULT_OPSET) -> None:
+    """text.onnx: prompt_embeds [C,L,D] + eot_index [C] -> text_embeds [C,P]."""
+    text = model.config.text_config
+    length = text.max_position_embeddings
+    embeds = torch.randn(3, length, text.hidden_size)
+    eot = torch.tensor([length - 1, 5, 9], dtype=torch.int64)
+    count, seq = torch.export.Dim("C", min=1), torch.export.Dim("L", min=2, max=length)
+    _export(PromptTextEncoder(model).eval(), (embeds, eot), path, opset=opset,
+            input_names=["prompt_embeds", "eot_index"], output_names=["text_embeds"],
+            dynamic_shapes={"prompt_embeds": {0: count, 1: seq}, "eot_index": {0: count}}, role="text")
+
+
+def export_image_graph(model, path: Path, *, opset: int = DEFAULT_OPSET) -> None:
+    """image.onnx: pixel_values [B,3,H,W] -> image_embeds [B,P]."""
+    size = model.config.vision_config.image_size
+    pixels = torch.randn(2, 3, size, size)
+    _export(ImageEncoder(model).eval(), (pixels,), path, opset=opset, input_names=["pixel_values"],
+            output_names=["image_embeds"], dynamic_shapes={"pixel_values": {0: torch.export.Dim("B", min=1)}},
+            role="image")
+
+
+def _export(module, args, path: Path, *, opset, input_names, output_names, dynamic_shapes, role) -> None:
+    quiet = io.StringIO()
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(quiet), _quiet_logs():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, str(path), dynamo=True, external_data=False, opset_version=opset,
+                          input_names=input_names, output_names=output_names,
+                          dynamic_shapes=dynamic_shapes, verbose=False)
+    proto = onnx.load(str(path))
+    stamp = {"edge_tune.role": role, "edge_tune.format_version": str(FORMAT_VERSION)}
+    kept = [p for p in proto.metadata_props if p.key not in stamp]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in stamp.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(path))
+
+
+@contextlib.contextmanager
+def _quiet_logs():
+    """The exporter logs its progress on INFO/WARNING; a user needs only the parity lines."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript", "torch._dynamo")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)

@@ -1,0 +1,100 @@
+"""Assemble a bundle directory atomically: temp dir beside the target, fsync, rename.
+
+A failed export (parity, exporter crash, Ctrl-C) leaves nothing at `--out`. An `--out` that already
+holds a bundle of another model is refused; re-exporting the same model replaces it in one rename.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from edge_tune.bundle import MANIFEST
+from edge_tune.errors import ExportError
+
+BUNDLE_FILES = ("image.onnx", "text.onnx", "token_embedding.npy", "tokenizer.json")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_target(out: Path, identity: dict) -> None:
+    """Refuse an --out that holds something other than (a bundle of) the same model."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ExportError("--out exists and is not a directory", path=out, hint="choose another --out")
+    if not any(out.iterdir()):
+        return
+    try:
+        old = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise ExportError("--out is a non-empty directory that is not an edge-tune bundle", path=out,
+                          hint="choose an empty or new --out") from None
+    if bundle_identity(old) != identity:
+        raise ExportError(f"--out already holds a different bundle ({old.get('model', {}).get('name')!r} "
+                          f"from {old.get('model', {}).get('source')!r})", path=out,
+                          hint="choose another --out or delete that bundle first")
+
+
+def bundle_identity(manifest: dict) -> dict:
+    """What makes two exports 'the same bundle': model name and source, dims, format version."""
+    return {"model": manifest.get("model"), "dims": manifest.get("dims"),
+            "format_version": manifest.get("format_version")}
+
+
+def make_staging_dir(out: Path) -> Path:
+    """A hidden temp dir in --out's parent, so the final rename stays on one filesystem."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes 0700; a bundle is meant to be shared
+    return staging
+
+
+def finish_bundle(staging: Path, out: Path, manifest: dict) -> Path:
+    """Hash every file into the manifest, fsync, and rename `staging` to `out`."""
+    manifest["files"] = {name: {"sha256": sha256_file(staging / name), "bytes": (staging / name).stat().st_size}
+                         for name in BUNDLE_FILES}
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    for name in (*BUNDLE_FILES, MANIFEST):
+        _fsync(staging / name)
+    check_target(out, bundle_identity(manifest))
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / "bundle")
+    os.replace(staging, out)
+    _fsync_dir(out.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+__all__ = ["BUNDLE_FILES", "check_target", "finish_bundle", "make_staging_dir", "sha256_file"]

@@ -1,0 +1,114 @@
+"""The exporter: parity of the ONNX graphs with PyTorch, `--source DIR`, exact truncation after EOT."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from conftest import export_in_subprocess  # noqa: E402
+from edge_tune.bundle import open_bundle  # noqa: E402
+from edge_tune_export import registry  # noqa: E402
+from edge_tune_export.parity import features_tensor  # noqa: E402
+
+PROMPTS = ["a photo of a cat.", "a blurry photo of a T-shirt/top.", "itap of a dog", "a"]
+
+
+def tokenise(bundle, prompts, length):
+    tok = bundle.tokenizer()
+    rows = [tok.encode(p) for p in prompts]
+    ids = np.full((len(rows), length), bundle.eot_id, dtype=np.int64)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = row
+    return ids, np.array([len(r) - 1 for r in rows], dtype=np.int64)
+
+
+def ort_text(bundle, ids, eot):
+    table = np.asarray(bundle.token_embedding())
+    return bundle.text_session("cpu", 1).run({"prompt_embeds": table[ids], "eot_index": eot})
+
+
+def torch_text(model, ids):
+    with torch.no_grad():
+        out = features_tensor(model.get_text_features(input_ids=torch.from_numpy(ids)))
+        return torch.nn.functional.normalize(out, dim=-1).numpy()
+
+
+def torch_image(model, pixels):
+    with torch.no_grad():
+        out = features_tensor(model.get_image_features(pixel_values=torch.from_numpy(pixels)))
+        return torch.nn.functional.normalize(out, dim=-1).numpy()
+
+
+def test_tiny_random_bundle_matches_pytorch(tiny_bundle):
+    """Runtime (ORT through edge_tune.bundle) vs HF get_*_features of the same seeded model."""
+    bundle = open_bundle(tiny_bundle)
+    if bundle.manifest["model"]["source"] != "registry:tiny-random":
+        pytest.skip("$EDGE_TUNE_TEST_BUNDLE is not a tiny-random bundle")
+    model = registry.build_model("tiny-random")
+    ids, eot = tokenise(bundle, PROMPTS, bundle.context_length)
+    text_diff = np.abs(ort_text(bundle, ids, eot) - torch_text(model, ids)).max()
+    pixels = np.random.default_rng(1).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    image = bundle.image_session("cpu", 1).run({"pixel_values": pixels})
+    image_diff = np.abs(image - torch_image(model, pixels)).max()
+    assert text_diff <= 1e-5 and image_diff <= 1e-5, (text_diff, image_diff)
+    parity = bundle.manifest["parity"]
+    assert parity["tolerance"] == 1e-5 and parity["text_max_abs_diff"] <= 1e-5
+    assert bundle.logit_scale == pytest.approx(float(model.logit_scale.detach().exp()))
+    assert np.array_equal(np.asarray(bundle.token_embedding()),
+                          model.text_model.embeddings.token_embedding.weight.detach().numpy())
+
+
+def test_truncation_after_eot_is_exact(tiny_bundle):
+    """The causal mask makes features at EOT independent of later positions: L = max(EOT)+1 == L = 77."""
+    bundle = open_bundle(tiny_bundle)
+    ids, eot = tokenise(bundle, PROMPTS, bundle.context_length)
+    full = ort_text(bundle, ids, eot)
+    cut = int(eot.max()) + 1
+    short = ort_text(bundle, ids[:, :cut], eot)
+    assert cut < 20
+    assert np.abs(full - short).max() <= 1e-6
+
+
+def test_export_from_source_dir_passes_parity(tmp_path):
+    """`edge-tune export clip-vit-b16 --source DIR` on a save_pretrained directory (small shapes)."""
+    config = registry.clip_config(registry.lookup("tiny-random"))
+    torch.manual_seed(7)
+    model = transformers.CLIPModel(config).eval()
+    source = tmp_path / "checkpoint"
+    model.save_pretrained(source)
+    out = tmp_path / "bundle"
+    done = export_in_subprocess("clip-vit-b16", out, "--source", str(source))
+    assert done.returncode == 0, done.stderr
+    assert "parity text" in done.stderr and "parity image" in done.stderr
+    bundle = open_bundle(out)
+    assert bundle.manifest["model"] == {"name": "clip-vit-b16", "source": f"dir:{source.resolve()}"}
+    assert bundle.manifest["parity"]["text_max_abs_diff"] <= 1e-5
+    assert bundle.manifest["parity"]["image_max_abs_diff"] <= 1e-5
+    ids, eot = tokenise(bundle, PROMPTS, 77)
+    assert np.abs(ort_text(bundle, ids, eot) - torch_text(model, ids)).max() <= 1e-5
+    assert sorted(p.name for p in out.iterdir()) == ["image.onnx", "manifest.json", "text.onnx",
+                                                     "token_embedding.npy", "tokenizer.json"]
+    assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+
+
+@pytest.mark.slow
+def test_b16_random_exports_and_passes_parity(tmp_path):
+    out = tmp_path / "b16"
+    done = export_in_subprocess("b16-random", out, timeout=1800)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["dims"]["text_width"] == 512 and manifest["dims"]["image_size"] == 224
+    assert manifest["parity"]["text_max_abs_diff"] <= 1e-5
+    assert manifest["parity"]["image_max_abs_diff"] <= 1e-5
+    bundle = open_bundle(out)
+    ids, eot = tokenise(bundle, PROMPTS, 77)
+    full, short = ort_text(bundle, ids, eot), ort_text(bundle, ids[:, : int(eot.max()) + 1], eot)
+    assert np.abs(full - short).max() <= 1e-6
+    print(f"b16-random export seconds: {manifest['exporter']['seconds']}", file=sys.stderr)

@@ -1,0 +1,378 @@
+"""`edge-tune fit` and the Tuner: beats zero-shot, budgets hold, exact resume, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fit_support import cli_in_process, make_colour_shots, other_bundle
+from PIL import Image
+
+from edge_tune.errors import EdgeTuneError
+from edge_tune.fit import Budget, FitConfig, Tuner, parse_duration
+
+BUDGET = 400  # optimiser queries: a few seconds on the tiny bundle
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGE_TUNE_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def colour_task(tmp_path_factory):
+    root = tmp_path_factory.mktemp("colours")
+    return make_colour_shots(root / "shots", seed=0), make_colour_shots(root / "eval", seed=1)
+
+
+@pytest.fixture(scope="module")
+def fitted_run(tiny_bundle, colour_task, tmp_path_factory):
+    """One CLI fit on the colour task, shared by the tests that only read its outputs."""
+    from edge_tune.cli import main
+
+    shots, evaluation = colour_task
+    run = tmp_path_factory.mktemp("run") / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EDGE_TUNE_CACHE", str(tmp_path_factory.mktemp("cache")))
+        main(
+            [
+                "fit",
+                "--data",
+                str(shots),
+                "--eval",
+                str(evaluation),
+                "--bundle",
+                str(tiny_bundle),
+                "--budget-queries",
+                str(BUDGET),
+                "--out",
+                str(run),
+                "--seed",
+                "0",
+                "--threads",
+                "1",
+            ]
+        )
+    return run
+
+
+def test_parse_duration_reads_the_usual_forms():
+    assert parse_duration("90") == 90 and parse_duration("90s") == 90
+    assert parse_duration("20m") == 1200 and parse_duration("1h30m") == 5400
+    assert parse_duration("1.5h") == 5400 and parse_duration("0.5s") == 0.5
+    with pytest.raises(EdgeTuneError) as err:
+        parse_duration("soon")
+    assert str(err.value) == "cannot read the duration 'soon'. Write it like 90s, 20m or 1h30m"
+
+
+def test_fit_beats_zero_shot_and_writes_every_artifact(fitted_run):
+    result = json.loads((fitted_run / "result.json").read_text())
+    # a real margin on held-out images, not an exact number
+    assert result["tuned_accuracy"] >= result["zero_shot_accuracy"] + 0.15, result
+    assert result["data"]["validation"] == "eval set" and result["selected"] == "best"
+    assert result["queries"] <= BUDGET and result["finished"] is True
+    assert result["peak_rss_mb"] > 0
+
+    prompt = np.load(fitted_run / "prompt.npz", allow_pickle=False)
+    assert prompt["w"].shape == (512,) and prompt["w"].dtype == np.float64
+    assert list(prompt["classnames"]) == ["blue", "green", "red", "yellow"]
+    assert str(prompt["context_init"]) == "a photo of a" and str(prompt["preset"]) == "edge"
+    assert str(prompt["bundle_hash"]) == result["bundle"]["hash"]
+    assert tuple(prompt["projection_shape"]) == prompt["projection"].shape
+    assert json.loads(str(prompt["spec"]))["seed"] == 0
+
+    classifier = np.load(fitted_run / "classifier.npz", allow_pickle=False)
+    features = classifier["class_features"]
+    assert features.shape[0] == 4 and features.dtype == np.float32
+    assert np.allclose(np.linalg.norm(features, axis=1), 1.0, atol=1e-5)
+    assert str(classifier["bundle_hash"]) == result["bundle"]["hash"]
+
+    with Image.open(fitted_run / "curve.png") as curve:
+        assert curve.format == "PNG" and curve.size == (900, 620)
+    metrics = [json.loads(line) for line in (fitted_run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == sorted({*range(0, result["steps"], 10), result["steps"]})
+    assert max(m["val_accuracy"] for m in metrics) == pytest.approx(result["best"]["val_accuracy"])
+    assert metrics[-1]["queries"] == result["queries"]
+
+
+def test_fit_json_prints_result_and_summary_reads_well(tiny_bundle, colour_task, tmp_path, capsys):
+    shots, evaluation = colour_task
+    code, out, err = cli_in_process(
+        [
+            "fit",
+            "--data",
+            shots,
+            "--eval",
+            evaluation,
+            "--bundle",
+            tiny_bundle,
+            "--budget-queries",
+            200,
+            "--out",
+            tmp_path / "run",
+            "--json",
+            "--optimizer",
+            "zo",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert json.loads(out) == json.loads((tmp_path / "run" / "result.json").read_text())
+    code, out, err = cli_in_process(
+        [
+            "fit",
+            "--data",
+            shots,
+            "--val-fraction",
+            "0.25",
+            "--bundle",
+            tiny_bundle,
+            "--budget-queries",
+            200,
+            "--out",
+            tmp_path / "run2",
+            "--optimizer",
+            "zo",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert re.match(
+        r"zero-shot accuracy: \d+\.\d% +\(hold-out of the shots, 8 images\)\n"
+        r"tuned accuracy: +\d+\.\d% +\(best on validation, step \d+; final prompt \d+\.\d%\)\n"
+        r"queries \d+ \(\+\d+ to evaluate\), \d+ steps",
+        out,
+    ), out
+    assert f"predict with: edge-tune predict {tmp_path / 'run2'} IMAGE..." in out
+    assert err == ""  # no progress line when stderr is not a terminal
+
+
+def test_bad_data_and_budgets_are_one_line_errors(tiny_bundle, colour_task, tmp_path, capsys):
+    shots, _ = colour_task
+    base = ["fit", "--bundle", tiny_bundle, "--out", tmp_path / "r"]
+    code, out, err = cli_in_process(base + ["--data", tmp_path / "nowhere"], capsys)
+    assert (code, err) == (
+        1,
+        f"Error: {tmp_path / 'nowhere'}: data folder does not exist. "
+        "Pass a folder holding one sub-folder of photos per class\n",
+    )
+    one = tmp_path / "one"
+    make_colour_shots(one, per_class=2)
+    for extra in ("green", "blue", "yellow"):
+        for file in (one / extra).iterdir():
+            file.unlink()
+        (one / extra).rmdir()
+    code, out, err = cli_in_process(base + ["--data", one], capsys)
+    assert code == 1 and err.startswith(f"Error: {one}: only one class ('red')")
+    assert err.count("\n") == 1
+
+    code, out, err = cli_in_process(base + ["--data", shots, "--budget-queries", 3], capsys)
+    assert code == 1 and re.fullmatch(
+        r"Error: the query budget \(3\) is smaller than one step "
+        r"\((\d+) queries\)\. Give --budget-queries of at least \1\n",
+        err,
+    ), err
+    code, out, err = cli_in_process(
+        base[:-1] + [tmp_path / "r2", "--data", shots, "--budget-time", "0.000001s"], capsys
+    )
+    assert code == 1 and re.fullmatch(
+        r"Error: the time budget \(1e-06s\) is shorter than one step "
+        r"\(\d+\.\ds here\)\. Give --budget-time of at least \d+s\n",
+        err,
+    ), err
+
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    code, out, err = cli_in_process(
+        ["fit", "--bundle", tiny_bundle, "--data", shots, "--out", tmp_path / "full"], capsys
+    )
+    assert (code, err) == (
+        1,
+        f"Error: {tmp_path / 'full'}: the run directory is not empty. "
+        "Continue it with --resume, or choose another --out\n",
+    )
+
+
+def test_tuner_steps_count_queries_and_callbacks_stop(tiny_bundle, colour_task):
+    shots, evaluation = colour_task
+    tuner = Tuner(tiny_bundle, shots, eval_set=evaluation, config=FitConfig(budget_queries=None))
+    candidates = tuner.optimizer.ask(tuner.opt_state)
+    info = tuner.step()
+    assert tuner.queries == len(candidates) and tuner.state.step == 1 and "stage" in info
+    seen = []
+    state = tuner.run(callback=lambda t, i: seen.append(t.queries) or len(seen) < 3)
+    assert len(seen) == 3 and state.step == 4 and not state.finished
+    tuner.run(budget=Budget(queries=tuner.queries + 2 * len(candidates)))
+    assert tuner.state.finished and tuner.queries <= seen[-1] + 2 * len(candidates)
+    stopper = Tuner(tiny_bundle, shots, config=FitConfig(budget_queries=None, val_fraction=0.0))
+    stopper.stop()
+    assert stopper.run(callback=lambda t, i: t.stop()).step == 1
+    assert stopper.state.val_accuracy is None and stopper.selected_params()[1] == "final"
+
+
+def test_resume_refuses_other_bundle_or_data_and_changes_nothing(
+    tiny_bundle, colour_task, tmp_path, capsys
+):
+    shots, evaluation = colour_task
+    run = tmp_path / "run"
+    code, _, err = cli_in_process(
+        [
+            "fit",
+            "--data",
+            shots,
+            "--eval",
+            evaluation,
+            "--bundle",
+            tiny_bundle,
+            "--budget-queries",
+            200,
+            "--optimizer",
+            "zo",
+            "--out",
+            run,
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+
+    changed = tmp_path / "changed"
+    make_colour_shots(changed, seed=5)
+    code, _, err = cli_in_process(["fit", "--resume", run, "--data", changed], capsys)
+    assert code == 1 and re.fullmatch(
+        rf"Error: {re.escape(str(run))}: the run was made with other data "
+        r"\(hash \w{12}, now \w{12}\); nothing was changed\. "
+        r"Resume with the data it was made with, or start a new run with --out\n",
+        err,
+    )
+    code, _, err = cli_in_process(
+        ["fit", "--resume", run, "--bundle", other_bundle(tiny_bundle, tmp_path)], capsys
+    )
+    assert code == 1 and "the run was made with another bundle" in err and err.count("\n") == 1
+    code, _, err = cli_in_process(["fit", "--resume", run, "--seed", 3], capsys)
+    assert (code, err) == (
+        1,
+        f"Error: {run}: --seed cannot change when resuming. "
+        "Resume with the run's own settings, or start a new run\n",
+    )
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_save_load_continue_equals_an_uninterrupted_run(tiny_bundle, colour_task, tmp_path):
+    shots, evaluation = colour_task
+    config = FitConfig(budget_queries=240, eval_every=3, seed=4)
+    straight = Tuner(tiny_bundle, shots, eval_set=evaluation, config=config, run_dir=tmp_path / "a")
+    straight.run()
+    straight.finish()
+
+    halted = Tuner(tiny_bundle, shots, eval_set=evaluation, config=config, run_dir=tmp_path / "b")
+    halted.run(budget=Budget(queries=100))
+    resumed = Tuner.load(tmp_path / "b")
+    assert resumed.queries == halted.queries and resumed.budget == Budget(queries=100)
+    resumed.run(budget=Budget(queries=240))
+    resumed.finish()
+    for name in ("prompt.npz", "classifier.npz"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    strip = [
+        {k: v for k, v in json.loads(line).items() if k != "seconds"}
+        for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert strip == [
+        {k: v for k, v in json.loads(line).items() if k != "seconds"}
+        for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    ]
+
+
+def test_library_snippet_runs(tiny_bundle, colour_task, tmp_path, monkeypatch):
+    """Every python block of docs/library.md runs as written, in a folder laid out as it says."""
+    shots, _ = colour_task
+    text = (Path(__file__).resolve().parent.parent / "docs" / "library.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks
+    (tmp_path / "models" / "miniworld").mkdir(parents=True)
+    (tmp_path / "models" / "miniworld" / "bundle").symlink_to(Path(tiny_bundle).resolve())
+    (tmp_path / "shots").symlink_to(shots)
+    (tmp_path / "photos").mkdir()
+    for i, file in enumerate(sorted(shots.rglob("*.png"))[::4]):
+        (tmp_path / "photos" / f"{i}.png").write_bytes(file.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "docs/library.md", "exec"), namespace)
+    assert (tmp_path / "runs" / "demo" / "classifier.npz").is_file()
+
+
+def test_progress_line_metrics_log_and_curve(tmp_path):
+    import io
+
+    from edge_tune.report import MetricsLog, Progress, draw_curve, read_metrics
+
+    stream = io.StringIO()
+    progress = Progress(budget_queries=1000, stream=stream)
+    assert not progress.enabled  # not a terminal: quiet
+    progress.update(
+        queries=1,
+        stage="x",
+        loss=None,
+        train_accuracy=None,
+        val_accuracy=None,
+        queries_per_second=1.0,
+        elapsed=1.0,
+    )
+    assert stream.getvalue() == ""
+    line = progress.line(
+        queries=250,
+        stage="cma",
+        loss=0.6931,
+        train_accuracy=0.5,
+        val_accuracy=0.375,
+        queries_per_second=50.0,
+        elapsed=5.0,
+    )
+    assert line == (
+        "[#####...............]  queries 250/1000  cma  loss 0.6931  train 50.0%  "
+        "val 37.5%  50.0 q/s  ETA 15s"
+    )
+
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    log.append({"queries": 0, "train_accuracy": 0.25, "val_accuracy": 0.25, "train_loss": 1.4})
+    offset = log.offset
+    log.append({"queries": 40, "train_accuracy": 0.5, "val_accuracy": 0.5, "train_loss": 1.1})
+    with open(tmp_path / "metrics.jsonl", "a") as torn:  # a kill in the middle of a line
+        torn.write('{"queries": 8')
+    assert len(read_metrics(tmp_path / "metrics.jsonl")) == 2
+    MetricsLog(tmp_path / "metrics.jsonl", offset=offset)  # resuming cuts back to the checkpoint
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert records == [
+        {"queries": 0, "train_accuracy": 0.25, "val_accuracy": 0.25, "train_loss": 1.4}
+    ]
+    records.append(
+        {"queries": 80, "train_accuracy": 0.75, "val_accuracy": 0.625, "train_loss": 0.8}
+    )
+    draw_curve(records, tmp_path / "curve.png", zero_shot=0.25)
+    with Image.open(tmp_path / "curve.png") as curve:
+        pixels = np.asarray(curve.convert("RGB"))
+    assert (pixels == (214, 39, 40)).all(axis=2).sum() > 50  # the validation line was drawn
+    assert (pixels == (120, 120, 120)).all(axis=2).sum() > 50  # and the zero-shot line
+
+
+def test_bundle_comes_from_the_flag_then_the_environment_then_the_shipped_one(
+    tmp_path, monkeypatch
+):
+    import edge_tune.fit as fit_module
+    from edge_tune.fit import resolve_bundle
+
+    monkeypatch.setenv("EDGE_TUNE_BUNDLE", str(tmp_path / "env"))
+    assert resolve_bundle(tmp_path / "flag") == tmp_path / "flag"
+    assert resolve_bundle(None) == tmp_path / "env"
+    monkeypatch.delenv("EDGE_TUNE_BUNDLE")
+    monkeypatch.setattr(fit_module, "DEFAULT_BUNDLE", tmp_path / "shipped")
+    with pytest.raises(EdgeTuneError) as err:
+        resolve_bundle(None)
+    assert str(err.value) == (
+        f"{tmp_path / 'shipped'}: no bundle given and the shipped mini-world bundle is not there. "
+        "Pass --bundle DIR (or set EDGE_TUNE_BUNDLE)"
+    )

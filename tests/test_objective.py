@@ -1,0 +1,152 @@
+"""The batched forward-only objective on the real tiny bundle's text graph."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_tune.errors import DataError
+from edge_tune.objective import (
+    DEFAULT_MEMORY_CAP,
+    PromptObjective,
+    bytes_per_prompt,
+    chunk_plan,
+    rows_per_run,
+    score,
+    template_class_features,
+)
+from edge_tune.prompts import PromptSpace
+
+CLASSES = ["dog", "tabby cat", "school bus", "sea lion", "red fox"]
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_bundle):
+    if hasattr(tiny_bundle, "bundle_hash"):
+        return tiny_bundle
+    from edge_tune.bundle import open_bundle
+
+    return open_bundle(tiny_bundle)
+
+
+@pytest.fixture(scope="module")
+def session(bundle):
+    return bundle.text_session("cpu", 1)
+
+
+@pytest.fixture(scope="module")
+def space(bundle):
+    return PromptSpace.build(bundle, CLASSES, seed=0)
+
+
+@pytest.fixture(scope="module")
+def data(bundle):
+    """Unit 'image' features with labels, 6 per class."""
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((30, bundle.projection_dim)).astype(np.float32)
+    features /= np.linalg.norm(features, axis=1, keepdims=True)
+    return features, np.arange(30) % len(CLASSES)
+
+
+def reference_loss(features, labels, class_features, scale):
+    """Cross-entropy written out plainly, one image at a time."""
+    losses, correct = [], []
+    for x, y in zip(features.astype(np.float64), labels, strict=True):
+        logits = scale * (class_features.astype(np.float64) @ x)
+        losses.append(np.log(np.sum(np.exp(logits - logits.max()))) + logits.max() - logits[y])
+        correct.append(int(np.argmax(logits)) == y)
+    return float(np.mean(losses)), float(np.mean(correct))
+
+
+def test_batched_equals_one_by_one(session, space, data, bundle):
+    W = np.random.default_rng(1).standard_normal((7, space.dim)) * 0.5
+    objective = PromptObjective(session, space, *data, logit_scale=bundle.logit_scale)
+    batched = objective(W)
+    single = np.array([objective(w[None])[0] for w in W])
+    np.testing.assert_allclose(batched, single, rtol=1e-7, atol=0)
+    small_runs = PromptObjective(
+        session, space, *data, logit_scale=bundle.logit_scale, max_prompts_per_run=8
+    )
+    np.testing.assert_allclose(small_runs(W), batched, rtol=1e-7, atol=0)
+    assert (
+        small_runs.text_runs == 5 and small_runs.prompts_run == 35
+    )  # 35 rows in 5 equal runs of 7
+    assert np.all(np.isfinite(batched)) and np.ptp(batched) > 1e-3  # candidates really differ
+
+
+def test_loss_and_accuracy_match_the_definition(session, space, data, bundle):
+    w = np.random.default_rng(2).standard_normal(space.dim)
+    objective = PromptObjective(session, space, *data, logit_scale=bundle.logit_scale)
+    losses, accuracies = objective.evaluate(w[None])
+    loss, accuracy = reference_loss(*data, objective.class_features(w), bundle.logit_scale)
+    assert losses[0] == pytest.approx(loss, rel=1e-12) and accuracies[0] == accuracy
+
+
+def test_truncated_equals_untruncated(session, space, data, bundle):
+    W = np.random.default_rng(3).standard_normal((3, space.dim))
+    short = PromptObjective(session, space, *data, logit_scale=bundle.logit_scale)
+    full = PromptObjective(
+        session, space.padded(space.context_length), *data, logit_scale=bundle.logit_scale
+    )
+    assert space.length < space.context_length == 77
+    np.testing.assert_allclose(short.text_features(W), full.text_features(W), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(short(W), full(W), rtol=1e-6)
+
+
+def test_query_counter(session, space, data, bundle):
+    objective = PromptObjective(session, space, *data, logit_scale=bundle.logit_scale)
+    objective(np.zeros((4, space.dim)))
+    objective.evaluate(np.zeros((3, space.dim)))
+    objective(np.zeros(space.dim))
+    objective.class_features(np.zeros(space.dim))
+    assert objective.queries == 8
+
+
+def test_zero_shot_prompt_classifies_its_own_class_features(session, space, bundle):
+    """Images whose features lie near a class's zero-shot text feature are classified as it."""
+    text = template_class_features(bundle, session, CLASSES, "a photo of a {}.")
+    rng = np.random.default_rng(4)
+    labels = np.repeat(np.arange(len(CLASSES)), 4)
+    gaps = np.linalg.norm(text[:, None] - text[None], axis=2)
+    radius = 0.25 * gaps[~np.eye(len(CLASSES), dtype=bool)].min()  # < half the nearest other class
+    noise = rng.standard_normal((len(labels), text.shape[1]))
+    noisy = text[labels] + radius * noise / np.linalg.norm(noise, axis=1, keepdims=True)
+    noisy = (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
+    objective = PromptObjective(session, space, noisy, labels, logit_scale=bundle.logit_scale)
+    np.testing.assert_allclose(objective.class_features(np.zeros(space.dim)), text, atol=1e-6)
+    losses, accuracies = objective.evaluate(np.zeros((1, space.dim)))
+    chance = reference_loss(noisy, labels, np.zeros_like(text), 1.0)[0]  # uniform logits: ln K
+    assert accuracies[0] == 1.0 and losses[0] < chance == pytest.approx(np.log(len(CLASSES)))
+    shuffled = PromptObjective(
+        session, space, noisy, (labels + 1) % len(CLASSES), logit_scale=bundle.logit_scale
+    )
+    assert shuffled.evaluate(np.zeros((1, space.dim)))[1][0] == 0.0
+
+
+def test_chunking_is_a_pure_function_of_shapes():
+    assert chunk_plan(400, 406) == (400, 1)
+    assert chunk_plan(401, 400) == (201, 2)
+    assert chunk_plan(10, 3) == (3, 4)
+    assert rows_per_run(20, 512) == DEFAULT_MEMORY_CAP // bytes_per_prompt(20, 512) == 378
+    assert rows_per_run(77, 512, memory_cap=1) == 1
+    assert rows_per_run(10, 64, max_prompts=50) == 50
+
+
+def test_score_handles_a_batch_of_class_features(data):
+    features, labels = data
+    T = np.random.default_rng(5).standard_normal((3, len(CLASSES), features.shape[1]))
+    losses, accuracies = score(features, labels, T, 10.0)
+    for i in range(3):
+        assert (losses[i], accuracies[i]) == pytest.approx(
+            reference_loss(features, labels, T[i], 10.0)
+        )
+
+
+def test_bad_labels_and_missing_scale(session, space, data):
+    features, labels = data
+    with pytest.raises(DataError, match=r"labels run 0\.\.5 but the prompt space has 5 classes"):
+        PromptObjective(session, space, features, np.arange(30) % 6, logit_scale=1.0)
+    with pytest.raises(DataError, match=r"features \[30, \d+\] and labels \[29\] do not match"):
+        PromptObjective(session, space, features, labels[:29], logit_scale=1.0)
+    with pytest.raises(ValueError, match="logit_scale is required"):
+        PromptObjective(session, space, features, labels)

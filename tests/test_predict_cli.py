@@ -1,0 +1,95 @@
+"""`edge-tune predict`: agrees with the run's accuracy, skips non-images, refuses other bundles."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+from fit_support import cli_in_process, make_colour_shots, other_bundle
+
+
+@pytest.fixture(scope="module")
+def run_and_eval(tiny_bundle, tmp_path_factory):
+    from edge_tune.cli import main
+
+    root = tmp_path_factory.mktemp("predict")
+    shots, evaluation = make_colour_shots(root / "shots"), make_colour_shots(root / "eval", seed=1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EDGE_TUNE_CACHE", str(root / "cache"))
+        main(
+            [
+                "fit",
+                "--data",
+                str(shots),
+                "--eval",
+                str(evaluation),
+                "--bundle",
+                str(tiny_bundle),
+                "--budget-queries",
+                "200",
+                "--optimizer",
+                "zo",
+                "--out",
+                str(root / "run"),
+            ]
+        )
+    return root / "run", evaluation
+
+
+def test_predict_agrees_with_the_runs_accuracy_on_the_same_images(run_and_eval, capsys):
+    run, evaluation = run_and_eval
+    code, out, err = cli_in_process(["predict", run, evaluation, "--json"], capsys)
+    assert code == 0, err
+    rows = json.loads(out)["predictions"]
+    assert len(rows) == 32 and all(len(row["top_k"]) == 3 for row in rows)
+    correct = sum(row["label"] == row["image"].split("/")[-2] for row in rows)
+    result = json.loads((run / "result.json").read_text())
+    assert correct / len(rows) == result["tuned_accuracy"]
+
+
+def test_predict_prints_class_probability_and_skips_non_images(run_and_eval, tmp_path, capsys):
+    run, evaluation = run_and_eval
+    folder = tmp_path / "mixed"
+    shutil.copytree(evaluation / "red", folder)
+    (folder / "notes.txt").write_text("not a photo")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    code, out, err = cli_in_process(["predict", run, folder, "--top-k", "2"], capsys)
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) == 8
+    assert all(
+        re.fullmatch(
+            rf"{re.escape(str(folder))}/\d\.png: \w+ \(\d+\.\d%\)   top 2: "
+            r"\w+ \d+\.\d%, \w+ \d+\.\d%",
+            line,
+        )
+        for line in lines
+    ), lines
+    skipped = err.splitlines()
+    assert len(skipped) == 2
+    assert skipped[0].startswith(f"skipped {folder / 'broken.png'}: ")
+    assert skipped[1].startswith(f"skipped {folder / 'notes.txt'}: not a readable image")
+
+
+def test_predict_refuses_another_bundle_and_empty_input(
+    run_and_eval, tiny_bundle, tmp_path, capsys
+):
+    run, evaluation = run_and_eval
+    other = other_bundle(tiny_bundle, tmp_path)
+    code, out, err = cli_in_process(["predict", run, evaluation, "--bundle", other], capsys)
+    assert code == 1 and out == ""
+    assert re.fullmatch(
+        rf"Error: {re.escape(str(other))}: this classifier was made for another bundle "
+        r"\(hash \w{12}, this one is \w{12}\)\. Pass the bundle the run was tuned with "
+        r"\(--bundle\)\n",
+        err,
+    ), err
+    (tmp_path / "text.txt").write_text("hello")
+    code, out, err = cli_in_process(["predict", run, tmp_path / "text.txt"], capsys)
+    assert code == 1
+    assert err.splitlines()[-1] == (
+        "Error: no images to classify among the given paths. "
+        "Pass image files (jpg, png, webp, bmp) or folders holding them"
+    )
