@@ -6,13 +6,21 @@ is turned into one line (`Error: <path>: <what>. <fix>`) in `main`, and nothing 
 
 from __future__ import annotations
 
-import json
-import sys
-from pathlib import Path
+import os
 
-import click
+# Must run before numpy loads. The loop's numpy work is small matrices between ORT runs, and BLAS threads
+# competing with ORT's own pool made a [40,512]x[512,256] product take 60-100 ms instead of 0.9 ms on
+# 2 cores (scripts/query_cost.py). A user who wants BLAS threads sets the variable themselves.
+for _blas_threads in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_blas_threads, "1")
 
-from edge_tune.errors import EdgeTuneError
+import json  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import click  # noqa: E402
+
+from edge_tune.errors import EdgeTuneError  # noqa: E402
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,9 +1,8 @@
-"""What the deploy and app tests share: a tiny bundle made by the real exporter, and photo folders."""
+"""What the deploy and app tests share: paths and generated photo folders (the bundle is conftest's)."""
 
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,13 +14,6 @@ BIN = Path(sys.executable).parent
 EDGE_TUNE = BIN / "edge-tune"
 MINIWORLD_BUNDLE = REPO / "models" / "miniworld" / "bundle"
 MINIWORLD_DEMO = REPO / "models" / "miniworld" / "demo"
-
-
-def export_tiny_bundle(out: Path) -> Path:
-    """`edge-tune export tiny-random --out OUT`, the same command a user runs."""
-    subprocess.run([str(EDGE_TUNE), "export", "tiny-random", "--out", str(out)], check=True,
-                   capture_output=True, text=True, timeout=600)
-    return out
 
 
 def write_photos(root: Path, classes: dict[str, int], *, seed: int = 0, size: int = 40) -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deploy_support import MINIWORLD_BUNDLE, MINIWORLD_DEMO, REPO, export_tiny_bundle, write_photos
+from deploy_support import MINIWORLD_BUNDLE, MINIWORLD_DEMO, REPO, write_photos
 
 APP = REPO / "deploy" / "app" / "photo_sorter.py"
 
@@ -26,9 +26,6 @@ def load_app():
     return module
 
 
-@pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory) -> Path:
-    return export_tiny_bundle(tmp_path_factory.mktemp("app") / "bundle")
 
 
 def label(home: Path, classes: dict[str, int], seed: int) -> None:

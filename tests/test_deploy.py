@@ -15,16 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from deploy_support import (EDGE_TUNE, MINIWORLD_BUNDLE, MINIWORLD_DEMO, REPO, export_tiny_bundle,
-                            write_photos)
+from deploy_support import (EDGE_TUNE, MINIWORLD_BUNDLE, MINIWORLD_DEMO, REPO, write_photos)
 
 PI = REPO / "deploy" / "raspberry-pi"
 UNITS = ("edge-tune-refit.service", "edge-tune-refit.path", "edge-tune-refit.timer")
 
 
-@pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory) -> Path:
-    return export_tiny_bundle(tmp_path_factory.mktemp("deploy") / "bundle")
 
 
 def read_unit(name: str) -> configparser.ConfigParser:
