@@ -265,11 +265,18 @@ def _tuned_vector(tuned: str | Path | np.ndarray | None) -> tuple[np.ndarray | N
     with np.load(path, allow_pickle=False) as data:
         w = np.asarray(data["w"], dtype=np.float64)
         options: dict[str, Any] = {"dim": int(w.shape[-1])}
-        for key, name, cast in (("projection_seed", "seed", int), ("seed", "seed", int),
-                                ("context_init", "init", str), ("init", "init", str),
-                                ("projection_std", "projection_std", float)):
-            if key in data.files and name not in options:
-                options[name] = cast(data[key])
+        if "spec" in data.files:  # edge-tune fit's prompt.npz: the prompt space's own spec
+            spec = json.loads(str(data["spec"]))
+            options.update(init=spec["init"], seed=int(spec["seed"]),
+                           parameterisation=spec.get("parameterisation", "sharpzo"),
+                           projection_std=spec.get("projection_std"))
+        else:
+            if "projection_seed" in data.files:
+                options["seed"] = int(data["projection_seed"])
+            if "context_init" in data.files:
+                options["init"] = str(data["context_init"])
+            if "projection_std" in data.files and np.isfinite(float(data["projection_std"])):
+                options["projection_std"] = float(data["projection_std"])
     return w, options
 
 

@@ -82,7 +82,7 @@ label, cmd = sys.argv[1], sys.argv[2:]
 start = time.perf_counter()
 status = subprocess.call(cmd)
 peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-print(f"{label} status={status} peak_rss_mb={peak_mb:.0f} wall_s={time.perf_counter() - start:.1f}")
+print(f"{label} status={status} peak_rss_mb={peak_mb:.0f} wall_s={time.perf_counter() - start:.1f}", file=sys.stderr)
 sys.exit(status)
 EOF
 }
