@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edge_tune.errors import EdgeTuneError, ProviderError
+from edge_tune.errors import EdgeTuneError
 
 NOT_INSTALLED = "not installed"
 REFERENCE_LENGTH = 77  # the reference code pads every prompt to CLIP's full context
@@ -384,7 +384,7 @@ def run_speed(bundle_path: str | Path, *, classes: int = 10, population: int = 4
 
     naive_candidate()
     cost = text_graph_cost(Path(bundle.path) / bundle.manifest["graphs"]["text"]["file"])
-    hidden = _mlp_width(cost)
+    hidden = mlp_width(cost)
     size, runs = _chunk(population * classes, run_rows)
     probe_shape = (size * length, width, hidden)
     probe_flops, probe_ort, probe_numpy = make_gemm_probe(*probe_shape, threads=threads)
@@ -444,7 +444,7 @@ def _chunk(total: int, max_rows: int) -> tuple[int, int]:
     return chunk_plan(total, max_rows)
 
 
-def _mlp_width(cost: TextGraphCost) -> int:
+def mlp_width(cost: TextGraphCost) -> int:
     """The MLP width from per-token MACs: each layer does 4·D² (q, k, v, out) + 2·D·H."""
     per_layer = cost.per_token_macs / max(1, cost.layers)
     return max(1, int(round((per_layer - 4 * cost.width ** 2) / (2 * cost.width))))
@@ -627,8 +627,10 @@ def bench_memory(bundle_path: str | Path, *, classes: int = 10, population: int 
     import tempfile
 
     from edge_tune.bundle import open_bundle
+    from edge_tune.providers import resolve_provider
 
     bundle = open_bundle(bundle_path)  # a bad bundle fails here, once, with its own message
+    resolve_provider(provider)  # and a provider this onnxruntime lacks, before any child starts
     if not reference:
         cases = tuple(c for c in cases if c != "pytorch_first_order")
     results: dict[str, Any] = {}
@@ -770,8 +772,10 @@ def bench_speed(bundle_path: str | Path, *, classes: int = 10, population: int =
                 reference: bool = True, timeout: float = 1800) -> dict[str, Any]:
     """`run_speed` in one fresh process, so every engine in it gets the same thread count."""
     from edge_tune.bundle import open_bundle
+    from edge_tune.providers import resolve_provider
 
     open_bundle(bundle_path)  # a bad bundle fails here, with its own message
+    resolve_provider(provider)  # and a provider this onnxruntime lacks
     args = {"bundle_path": str(bundle_path), "classes": classes, "population": population,
             "provider": provider, "threads": threads, "repeats": repeats}
     report = run_child("speed", args, threads=threads, timeout=timeout)

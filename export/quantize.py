@@ -246,7 +246,8 @@ def accuracy_gate(reference: str | Path, candidate: str | Path, eval_data: Any, 
         rows[label] = [100.0 * float(a) for a in accuracies]
     names = ["zero-shot", "tuned"][: len(rows["fp32"])]
     drops = [a - b for a, b in zip(rows["fp32"], rows["candidate"])]
-    summary = ", ".join(f"{n} {a:.1f}% vs {b:.1f}%" for n, a, b in zip(names, rows["candidate"], rows["fp32"]))
+    summary = ", ".join(f"{n} {a:.1f}% vs {b:.1f}%"
+                        for n, a, b in zip(names, rows["candidate"], rows["fp32"]))
     return {"images": len(dataset.samples), "fp32": dict(zip(names, rows["fp32"])),
             "candidate": dict(zip(names, rows["candidate"])),
             "worst_drop_points": max(drops), "summary": summary}

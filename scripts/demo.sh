@@ -16,6 +16,7 @@ echo -n "zero-shot: "; $ET eval --data "$DEMO/eval"
 echo -n "tuned:     "; $ET eval --data "$DEMO/eval" --prompt "$RUN"
 echo
 echo "== predict with the tuned classifier =="
-$ET predict "$RUN" "$DEMO"/eval/sandal/*0.png --top-k 2 | head -n 6
+photos=("$DEMO"/eval/sandal/*0.png)
+$ET predict "$RUN" "${photos[@]:0:6}" --top-k 2
 echo
 echo "learning curve: $RUN/curve.png   classifier: $RUN/classifier.npz   metrics: $RUN/metrics.jsonl"

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_tune.bench import _mlp_width, text_graph_cost
+from edge_tune.bench import mlp_width, text_graph_cost
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,8 +41,6 @@ def torch_blocked_env(tmp_path: Path) -> dict[str, str]:
 
 def test_text_graph_cost_counts_every_weight_gemm_of_the_tiny_model(bundle_dir):
     """FLOPs come from the graph: per token the layers' q,k,v,out + MLP weights, per prompt the projection."""
-    from transformers import CLIPConfig  # noqa: F401  (the export side describes the model)
-
     from edge_tune_export import registry
 
     config = registry.build_model("tiny-random").config.text_config
@@ -53,7 +51,7 @@ def test_text_graph_cost_counts_every_weight_gemm_of_the_tiny_model(bundle_dir):
     assert cost.width == width
     assert cost.per_token_macs == layers * (4 * width * width + 2 * width * hidden)
     assert cost.per_prompt_macs == width * manifest["dims"]["projection_dim"]
-    assert _mlp_width(cost) == hidden
+    assert mlp_width(cost) == hidden
     assert cost.macs(3, 7) == 3 * (7 * cost.per_token_macs + layers * 2 * 49 * width + cost.per_prompt_macs)
 
 
@@ -121,6 +119,18 @@ def test_bench_memory_without_torch_still_measures_the_runtime(bundle_dir, tmp_p
     assert done.returncode == 0, done.stderr
     assert "| PyTorch first-order prompt tuning (autograd, 77 tokens) | not installed |" in done.stdout
     assert "| fit, feature cache filled (no image session) |" in done.stdout
+
+
+@pytest.mark.parametrize("command", ["speed", "memory"])
+def test_bench_on_a_provider_this_build_lacks_is_one_line(bundle_dir, command):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA; the missing-provider path cannot be shown here")
+    done = run_cli(["bench", command, "--bundle", bundle_dir, "--provider", "cuda", "--no-reference"])
+    assert done.returncode == 1
+    assert done.stderr.startswith("Error: execution provider 'cuda' is not in this onnxruntime build")
+    assert len(done.stderr.strip().splitlines()) == 1
 
 
 def test_bench_on_a_missing_bundle_is_one_line(tmp_path):
