@@ -5,91 +5,35 @@ A checkpoint is a directory `RUN/state/ckpt-<step>/` holding the optimiser state
 counters, best-so-far, metrics offset, config, hashes). `RUN/state/LATEST` names the current one.
 A new checkpoint is written into a temporary directory, fsynced, renamed, and only then does LATEST
 move (atomically) and the old one go; so a kill or a failed write (ENOSPC) leaves the previous good
-checkpoint in place. Also home to the small atomic-write helpers every run artifact uses.
+checkpoint in place.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
 import tempfile
 import uuid
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 
+from edge_tune.atomic import (
+    atomic_save_npz,
+    atomic_write_bytes,
+    atomic_write_json,
+    fsync_dir,
+    fsync_file,
+)
 from edge_tune.errors import CheckpointError
 
 STATE_DIR = "state"
 LATEST = "LATEST"
 CHECKPOINT_FORMAT = 1
-
-
-# --- atomic writes ----------------------------------------------------------------------------
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some filesystems do not allow opening directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Write `path` through `write(file)` via a temp file in the same directory, fsync, rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    return atomic_write(path, lambda handle: handle.write(data))
-
-
-def atomic_write_json(path: str | Path, obj: object) -> Path:
-    text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
-    """An `.npz` archive with fixed zip timestamps, so equal arrays give byte-identical files."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
-        for name in sorted(arrays):
-            array = np.asarray(arrays[name])
-            if array.dtype == object:
-                raise TypeError(f"{name}: object arrays would need pickle")
-            member = io.BytesIO()
-            np.lib.format.write_array(member, array, allow_pickle=False)
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            archive.writestr(info, member.getvalue())
-    return buffer.getvalue()
-
-
-def atomic_save_npz(path: str | Path, arrays: Mapping[str, np.ndarray]) -> Path:
-    return atomic_write_bytes(path, npz_bytes(arrays))
 
 
 def load_npz(path: str | Path) -> dict[str, np.ndarray]:
@@ -152,12 +96,12 @@ def write_checkpoint(
     final = state / name
     try:
         save_state(tmp / "optimizer.npz", optimizer_state)
-        _fsync_file(tmp / "optimizer.npz")
+        fsync_file(tmp / "optimizer.npz")
         atomic_save_npz(tmp / "tuner.npz", arrays)
         atomic_write_json(tmp / "tuner.json", {"checkpoint_format": CHECKPOINT_FORMAT, **record})
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         os.replace(tmp, final)
-        _fsync_dir(state)
+        fsync_dir(state)
         atomic_write_bytes(state / LATEST, (final.name + "\n").encode())
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -175,10 +119,6 @@ def write_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
     return final
 
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as handle:
-        os.fsync(handle.fileno())
 
 
 def read_checkpoint(run_dir: str | Path) -> Checkpoint:

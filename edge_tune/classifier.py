@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_tune.checkpoint import atomic_save_npz, load_npz
+from edge_tune.atomic import atomic_save_npz
+from edge_tune.checkpoint import load_npz
 from edge_tune.errors import BundleError, CheckpointError, DataError
 
 CLASSIFIER_FORMAT = 1

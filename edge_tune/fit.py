@@ -31,9 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_tune.atomic import atomic_save_npz, atomic_write_json
 from edge_tune.checkpoint import (
-    atomic_save_npz,
-    atomic_write_json,
     checkpoint_dir,
     read_checkpoint,
     write_checkpoint,

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
-from edge_tune.checkpoint import atomic_write_bytes
+from edge_tune.atomic import atomic_write_bytes
 
 # --- metrics.jsonl ----------------------------------------------------------------------------
 

@@ -9,14 +9,12 @@ import signal
 import numpy as np
 import pytest
 
+from edge_tune.atomic import atomic_save_npz, atomic_write_bytes, npz_bytes
 from edge_tune.checkpoint import (
     LATEST,
     STATE_DIR,
-    atomic_save_npz,
-    atomic_write_bytes,
     checkpoint_dir,
     load_npz,
-    npz_bytes,
     read_checkpoint,
     write_checkpoint,
 )
@@ -75,7 +73,7 @@ def test_atomic_write_failure_leaves_old_file_and_no_temp(tmp_path):
         handle.write(b"half")
         raise OSError(28, "No space left on device")
 
-    from edge_tune.checkpoint import atomic_write
+    from edge_tune.atomic import atomic_write
 
     with pytest.raises(OSError):
         atomic_write(target, explode)

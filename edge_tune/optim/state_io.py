@@ -9,8 +9,6 @@ Writes are atomic: temporary file in the same directory, fsync, os.replace.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_tune.atomic import atomic_save_npz
 from edge_tune.errors import CheckpointError
 from edge_tune.optim.base import State, freeze
 from edge_tune.optim.cma import CMAState
@@ -67,16 +66,7 @@ def save_state(path: str | Path, state: State) -> None:
     meta = {"format": STATE_FORMAT, "version": STATE_VERSION, "strategy": STRATEGY_OF[schema[""]],
             "numpy": np.__version__, "schema": schema}
     arrays[_META] = np.array(json.dumps(meta, sort_keys=True))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_save_npz(path, arrays)
 
 
 def _fail(path: Path, what: str) -> CheckpointError:
