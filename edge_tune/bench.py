@@ -13,6 +13,7 @@ Runtime side: numpy + onnxruntime only; torch is reached lazily through `edge_tu
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -24,6 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from edge_tune.blas import limit_blas_threads
 from edge_tune.errors import EdgeTuneError
 
 NOT_INSTALLED = "not installed"
@@ -155,9 +157,12 @@ def _text_width(graph: Any) -> int:
 # --- the machine's attainable GEMM rate ------------------------------------------------------------
 
 
+#: Smallest GEMM probe, in token rows (×width×MLP width); larger runs are probed at their size.
+PROBE_MIN_ROWS = 3200
+
+
 def _gemm_probe_model(rows: int, width: int, hidden: int) -> bytes:
     """One transformer layer's weight GEMMs (q, k, v, out, fc1, fc2) as a bare ONNX graph."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -386,22 +391,26 @@ def run_speed(bundle_path: str | Path, *, classes: int = 10, population: int = 4
     cost = text_graph_cost(Path(bundle.path) / bundle.manifest["graphs"]["text"]["file"])
     hidden = mlp_width(cost)
     size, runs = _chunk(population * classes, run_rows)
-    probe_shape = (size * length, width, hidden)
+    # At least PROBE_MIN_ROWS token rows: a probe only as large as one run (800 rows on ViT-B/16)
+    # read below the objective's own rate, i.e. it was not the machine's ceiling (docs/bench.md).
+    probe_shape = (max(size * length, PROBE_MIN_ROWS), width, hidden)
     probe_flops, probe_ort, probe_numpy = make_gemm_probe(*probe_shape, threads=threads)
     probe_ort(), probe_numpy()
     calls, ort_seconds, naive_times, probe_times = [], [], [], []
     for _ in range(repeats):
         timed.seconds = 0.0
-        start = time.perf_counter()
-        objective(W)
-        calls.append(time.perf_counter() - start)
+        with limit_blas_threads(1):  # as in a fit (Tuner.run)
+            start = time.perf_counter()
+            objective(W)
+            calls.append(time.perf_counter() - start)
         ort_seconds.append(timed.seconds)
         naive_times.append(_seconds(naive_candidate))
         probe_times.append((_seconds(probe_ort), _seconds(probe_numpy)))
     call_s, naive_s = statistics.median(calls), statistics.median(naive_times)
     overhead = statistics.median([(c - o) / c for c, o in zip(calls, ort_seconds)])
     # Optimiser ask/tell per step (the rest of a step's Python work), at this population.
-    ask_tell_s = _ask_tell_seconds(space.dim, population, repeats)
+    with limit_blas_threads(1):
+        ask_tell_s = _ask_tell_seconds(space.dim, population, repeats)
 
     probe = probe_result(probe_shape, probe_flops, statistics.median(t[0] for t in probe_times),
                          statistics.median(t[1] for t in probe_times))
@@ -458,9 +467,15 @@ def _speed_row(queries_per_s: float, prompts_per_s: float, seconds: float, flops
 
 
 def _ask_tell_seconds(dim: int, population: int, repeats: int) -> float | None:
-    """Median seconds of one optimiser ask + tell (CMA-ES at this population), no objective."""
+    """Mean seconds of one optimiser ask + tell (CMA-ES at this population), no objective.
+
+    A mean over whole eigendecomposition cycles, not a median: CMA-ES refreshes B and D every
+    `eigen_gap` generations (12 at d = 512, λ = 40), and that `eigh` is most of its cost, which a
+    median of a few steps would leave out.
+    """
     try:
         from edge_tune.optim import make_optimizer
+        from edge_tune.optim.cma import constants
     except ImportError:
         return None
     try:
@@ -468,14 +483,21 @@ def _ask_tell_seconds(dim: int, population: int, repeats: int) -> float | None:
     except (TypeError, EdgeTuneError):
         optimizer = make_optimizer("cma", dim, seed=0)
     state = optimizer.init(np.zeros(dim))
+    gap = math.ceil(constants(dim, optimizer.config.population_size, optimizer.config.active,
+                              optimizer.config.diagonal).eigen_gap)
     rng = np.random.default_rng(0)
-    times = []
-    for _ in range(repeats + 1):
-        start = time.perf_counter()
+    steps = max(repeats, 2 * gap)
+
+    def one_step() -> None:
+        nonlocal state
         candidates = optimizer.ask(state)
         state, _ = optimizer.tell(state, rng.random(len(candidates)))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
+
+    one_step()  # warm-up
+    start = time.perf_counter()
+    for _ in range(steps):
+        one_step()
+    return (time.perf_counter() - start) / steps
 
 
 def reference_speed(bundle_path: str | Path, *, classes: int, population: int, threads: int | None,
@@ -736,7 +758,9 @@ def run_experiments(bundle_path: str | Path, *, classes: int = 10, population: i
 
 
 def child_env(threads: int | None) -> dict[str, str]:
-    """The child's environment: BLAS/OpenMP threads pinned to `threads` so numpy and torch match ORT."""
+    """The child's environment: BLAS/OpenMP threads pinned to `threads`, so numpy's GEMM probe and
+    torch get the same cores as ORT (the loop's own numpy runs at one BLAS thread inside, as in a
+    fit: `edge_tune.blas`)."""
     env = dict(os.environ)
     if threads:
         for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):

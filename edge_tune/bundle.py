@@ -22,6 +22,13 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 REEXPORT = "re-export it with `edge-tune export MODEL --out DIR`"
 COPY_AGAIN = f"copy the whole bundle again, or {REEXPORT}"
+# ORT memory settings per graph (measured in docs/bench.md). The text graph runs every query: it
+# keeps its arena (the objective's run-size cap bounds it; off cost ~5% speed for ~20 MiB). The
+# image graph runs once per uncached image and is dropped before the loop: without the arena its
+# peak is ~50 MiB lower on ViT-B/16. Prepacking stays on for both: without it a feature depends
+# on the batch it was computed in (last-bit differences), and cached features must not.
+SESSION_MEMORY = {"text": {"cpu_arena": True, "prepacking": True},
+                  "image": {"cpu_arena": False, "prepacking": True}}
 # role -> (input name -> (ONNX element type, rank)), output name
 GRAPH_SIGNATURES = {
     "text": ({"prompt_embeds": ("tensor(float)", 3), "eot_index": ("tensor(int64)", 1)}, "text_embeds"),
@@ -81,6 +88,10 @@ class Bundle:
             self._cache["tokenizer"] = ClipTokenizer.from_file(self.file("tokenizer.json"))
         return self._cache["tokenizer"]
 
+    def release_tokenizer(self) -> None:
+        """Forget the cached tokenizer (~30 MB for CLIP's BPE); `tokenizer()` loads it again."""
+        self._cache.pop("tokenizer", None)
+
     def text_session(self, provider: str = "auto", threads: int | None = None):
         return self._session("text", provider, threads)
 
@@ -92,7 +103,12 @@ class Bundle:
 
         path = self.file(self.manifest["graphs"][role]["file"])
         width = self.text_width if role == "text" else None
-        return make_session(path, provider, threads, role=role,
+        memory = dict(SESSION_MEMORY[role])
+        if (self.manifest.get("quantization") or {}).get("mode") == "int8":
+            # int8 weights prepacked are a second copy (−17 MiB fit peak without, ~4% slower),
+            # and dynamic quantisation is batch-dependent anyway (docs/bench.md)
+            memory["prepacking"] = False
+        return make_session(path, provider, threads, role=role, **memory,
                             validate=lambda inner: check_graph(path, role, inner, width=width))
 
 

@@ -42,7 +42,21 @@ def cli() -> None:
 @click.option("--opset", type=click.IntRange(18), help="ONNX opset [20].")
 @click.option("--token-table", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
               help="Storage of token_embedding.npy; fp16 rounds the model's table first (exact parity).")
-def export_command(model, source_dir, out, provider, opset, token_table) -> None:
+@click.option("--quantize", type=click.Choice(["int8", "fp16"]),
+              help="Write a smaller bundle: int8 (dynamic, per channel; for CPUs) or fp16 (same as --fp16).")
+@click.option("--fp16", "fp16", is_flag=True,
+              help="fp16 graphs with fp32 inputs/outputs, for GPU providers (CUDA/TensorRT); slower than "
+                   "fp32 on CPU.")
+@click.option("--gate-data", type=click.Path(path_type=Path),
+              help="Labelled images (DIR/<class>/*.png) on which a --quantize/--fp16 bundle must stay within "
+                   "--max-drop points of fp32 [mini-world: its demo task; others: required or --no-gate].")
+@click.option("--gate-prompt", type=click.Path(path_type=Path),
+              help="A fit run (or prompt.npz) made with the fp32 model whose tuned accuracy is gated too.")
+@click.option("--no-gate", is_flag=True, help="Skip the accuracy gate of --quantize/--fp16 (warned).")
+@click.option("--max-drop", type=click.FloatRange(0), default=1.0, show_default=True,
+              help="Largest accuracy drop (points) the gate accepts.")
+def export_command(model, source_dir, out, provider, opset, token_table, quantize, fp16, gate_data,
+                   gate_prompt, no_gate, max_drop) -> None:
     """Freeze a CLIP model into a bundle a torch-free device can tune (needs the [export] extra).
 
     \b
@@ -51,19 +65,28 @@ def export_command(model, source_dir, out, provider, opset, token_table) -> None
     Examples:
       edge-tune export tiny-random --out bundles/tiny
       edge-tune export clip-vit-b16 --source ./clip-vit-base-patch16 --out bundles/b16
+      edge-tune export miniworld --source models/miniworld/clip --quantize int8 --out bundles/mw-int8
+      edge-tune export clip-vit-b16 --source DIR --fp16 --gate-data ./labelled --out bundles/b16-fp16
     """
+    from edge_tune.errors import ExportError
+
     try:
         import torch  # noqa: F401
         import transformers  # noqa: F401
 
         from edge_tune_export import export_bundle
     except ImportError:
-        from edge_tune.errors import ExportError
-
         raise ExportError("edge-tune export needs PyTorch and transformers: "
                           "pip install 'edge-tune[export]'") from None
+    if fp16 and quantize not in (None, "fp16"):
+        raise ExportError(f"--fp16 contradicts --quantize {quantize}", hint="give one of them")
+    mode = "fp16" if fp16 else quantize
+    if mode is None and (gate_data or gate_prompt or no_gate):
+        raise ExportError("--gate-data/--gate-prompt/--no-gate apply only with --quantize or --fp16",
+                          hint="add --quantize int8 or --fp16, or drop the gate options")
     export_bundle(model, out, source_dir=source_dir, provider=provider, opset=opset,
-                  token_table=token_table, echo=lambda line: click.echo(line, err=True))
+                  token_table=token_table, quantize=mode, gate_data=gate_data, gate_prompt=gate_prompt,
+                  no_gate=no_gate, max_drop_points=max_drop, echo=lambda line: click.echo(line, err=True))
     click.echo(str(out))
 
 
@@ -205,7 +228,7 @@ class _EncodingBar:
 @click.option("--checkpoint-every", help="Time between checkpoints [60s].")
 @click.option("--eval-every", type=click.IntRange(1), help="Steps between evaluations [10].")
 @click.option("--select", type=click.Choice(["best", "final"]),
-              help="Prompt to keep: best on validation or final [best].")
+              help="Prompt to keep: the final one, or the best on validation [final].")
 @click.option("--json", "as_json", is_flag=True, help="Print result.json on stdout.")
 def fit(data, eval_dir, val_fraction, bundle, preset, optimizer, budget_queries, budget_time, seed,
         provider, threads, out, resume, checkpoint_every, eval_every, select, as_json) -> None:
@@ -321,7 +344,7 @@ def predict(run, images, top_k, bundle, provider, threads, as_json) -> None:
 
 @cli.group()
 def bench() -> None:
-    """Measure what a query costs (speed) and what a run holds (memory), against references."""
+    """Measure what a query costs (speed), what a run holds (memory) and what tuning gains (accuracy)."""
 
 
 @bench.command("speed")
@@ -380,6 +403,22 @@ def bench_memory_command(bundle, classes, population, steps, provider, threads, 
                           steps=steps, provider=provider, threads=threads,
                           reference=not no_reference)
     click.echo(json.dumps(report, indent=2) if as_json else memory_table(report))
+
+
+@bench.command("accuracy", context_settings={"ignore_unknown_options": True,
+                                               "allow_extra_args": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench_accuracy_command(args) -> None:
+    """Every optimiser x mini-world task x seed at equal query budgets (`--help` for its options).
+
+    \b
+    Examples:
+      edge-tune bench accuracy --quick
+      edge-tune bench accuracy --jobs 2 --budget 2000 --paper-budget 20000 --out report.json
+    """
+    from edge_tune.bench_accuracy import main as bench_accuracy_main
+
+    bench_accuracy_main(list(args), prog="edge-tune bench accuracy")
 
 
 def main(argv: list[str] | None = None) -> None:

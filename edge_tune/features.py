@@ -13,16 +13,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from edge_tune.atomic import atomic_write
 from edge_tune.errors import DataError
 from edge_tune.preprocess import preprocess_image, preprocess_key
 
-DEFAULT_BATCH_SIZE = 16
+# Images per image-graph run: ViT-B/16's activations at 4 images are ~300 MiB below 16, at the
+# same speed per image (docs/bench.md).
+DEFAULT_BATCH_SIZE = 4
 Progress = Callable[[int, int], None]  # (images encoded so far, images to encode)
 
 
@@ -171,20 +173,8 @@ def image_features(
 
 
 def write_npy_atomic(path: Path, array: np.ndarray) -> None:
-    """Write `.npy` via a temporary file in the same folder, fsync, rename: all or nothing."""
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.save(stream, np.ascontiguousarray(array), allow_pickle=False)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except FileNotFoundError:
-            pass
-        raise
+    """Write `.npy` all or nothing (`edge_tune.atomic`), never pickled."""
+    atomic_write(path, lambda stream: np.save(stream, np.ascontiguousarray(array), allow_pickle=False))
 
 
 def _read_bytes(path: Path) -> bytes:

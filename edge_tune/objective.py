@@ -3,7 +3,9 @@
 All n·K prompts of a call go through the text graph in as few runs as a memory cap allows. The run
 size is a pure function of the shapes and the cap (never of timing), the rows are split into equal
 chunks and the last one is padded, so a candidate's loss does not depend on which other candidates
-share its call: batched equals one-by-one (tested). Everything is float64 except the text-graph
+share its call: batched equals one-by-one (tested) on fp32 and fp16 bundles. An int8 bundle is the
+exception: dynamic quantisation picks each run's activation scale from the whole run, so its values
+agree with one-by-one only to ~2e-2 in the features (manifest `quantization.note`). Everything is float64 except the text-graph
 input, cast to float32 at the ORT boundary (`PromptSpace.prompt_rows`).
 """
 
@@ -16,8 +18,11 @@ import numpy as np
 from edge_tune.errors import DataError
 from edge_tune.prompts import PromptSpace
 
-#: Working memory one text-graph run may use (input + a rough activation estimate).
-DEFAULT_MEMORY_CAP = 256 * 2**20
+#: Working memory one text-graph run may use (input + a rough activation estimate). ORT's arena
+#: grows to the largest run, so this caps the loop's peak: 32 MiB is ~100 prompts of ViT-B/16
+#: at L = 8 (800 token rows, GEMMs still large enough for full speed; 256 MiB held 170 MiB more
+#: for no measurable gain, docs/bench.md).
+DEFAULT_MEMORY_CAP = 32 * 2**20
 #: Hard ceiling on prompts per run, whatever the cap allows.
 DEFAULT_MAX_PROMPTS = 4096
 DEFAULT_TEMPLATE = "a photo of a {}."
@@ -50,23 +55,39 @@ def chunk_plan(total_rows: int, max_rows: int) -> tuple[int, int]:
 
 
 def score(
-    features: np.ndarray, labels: np.ndarray, class_features: np.ndarray, logit_scale: float
+    features: np.ndarray,
+    labels: np.ndarray,
+    class_features: np.ndarray,
+    logit_scale: float,
+    *,
+    memory_cap: int = DEFAULT_MEMORY_CAP,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(mean cross-entropy f64[n], accuracy f64[n]) for class features [K, P] or [n, K, P]."""
+    """(mean cross-entropy f64[n], accuracy f64[n]) for class features [K, P] or [n, K, P].
+
+    Candidates' logits come from GEMMs `F @ T.reshape(g·K, P)ᵀ` over groups of g candidates whose
+    float64 logits fit in `memory_cap` (one BLAS call for a typical population, bounded memory at
+    ImageNet's K = 1000); each logit is still the same P-term dot product of the same float64
+    inputs, so a candidate's loss equals its one-by-one value up to the BLAS summation order.
+    """
     F = np.asarray(features, dtype=np.float64)
     T = np.asarray(class_features, dtype=np.float64)
     if T.ndim == 2:
         T = T[None]
+    n, K, P = T.shape
     labels = np.asarray(labels, dtype=np.int64)
-    losses = np.empty(len(T))
-    accuracies = np.empty(len(T))
-    rows = np.arange(len(F))
-    for i, t in enumerate(T):
-        logits = float(logit_scale) * (F @ t.T)
-        peak = logits.max(axis=1, keepdims=True)
-        log_norm = peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=1))
-        losses[i] = float(np.mean(log_norm - logits[rows, labels]))
-        accuracies[i] = float(np.mean(np.argmax(logits, axis=1) == labels))
+    group = max(1, int(memory_cap) // (len(F) * K * 8))
+    losses = np.empty(n)
+    accuracies = np.empty(n)
+    for start in range(0, n, group):
+        block = T[start : start + group]
+        g = len(block)
+        logits = (F @ block.reshape(g * K, P).T).reshape(len(F), g, K)
+        logits *= float(logit_scale)
+        peak = logits.max(axis=2, keepdims=True)
+        log_norm = peak[..., 0] + np.log(np.exp(logits - peak).sum(axis=2))  # [N, g]
+        true = np.take_along_axis(logits, labels[:, None, None], axis=2)[..., 0]  # [N, g]
+        losses[start : start + g] = np.mean(log_norm - true, axis=0)
+        accuracies[start : start + g] = np.mean(np.argmax(logits, axis=2) == labels[:, None], axis=0)
     return losses, accuracies
 
 

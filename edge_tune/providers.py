@@ -101,8 +101,14 @@ class Session:
         return next((s for s, f in PROVIDER_NAMES.items() if f == full), full)
 
 
-def session_options(threads: int | None = None):
+def session_options(threads: int | None = None, *, cpu_arena: bool = True, prepacking: bool = True):
+    """ORT options. `cpu_arena=False` frees each run's buffers instead of keeping a grown arena;
+    `prepacking=False` keeps only the original weights (prepacked copies cost ~100 MB on ViT-B/16's
+    image graph) but makes results depend on the batch size in the last bit."""
     options = _ort().SessionOptions()
+    options.enable_cpu_mem_arena = bool(cpu_arena)
+    if not prepacking:
+        options.add_session_config_entry("session.disable_prepacking", "1")
     options.log_severity_level = 3  # ORT's own fallback warnings are replaced by our one-line report
     if threads is not None:
         if int(threads) < 1:
@@ -113,7 +119,8 @@ def session_options(threads: int | None = None):
 
 
 def make_session(onnx_path: str | Path, provider: str = "auto", threads: int | None = None, *,
-                 role: str, validate: Callable[[Any], None] | None = None) -> Session:
+                 role: str, validate: Callable[[Any], None] | None = None,
+                 cpu_arena: bool = True, prepacking: bool = True) -> Session:
     """A warmed-up session on `provider`; `auto` falls back to CPU with a one-line report.
 
     `validate(inner)` runs on the new ORT session before the warm-up, so a graph of the wrong kind is
@@ -123,12 +130,12 @@ def make_session(onnx_path: str | Path, provider: str = "auto", threads: int | N
     requested = (provider or "auto").strip().lower()
     short = resolve_provider(requested)
     if short == "cpu":
-        inner = _create(path, ["CPUExecutionProvider"], threads, validate)
+        inner = _create(path, ["CPUExecutionProvider"], threads, validate, cpu_arena, prepacking)
         _warm_up(inner)
         return Session(inner, inner.get_providers(), f"running on CPU ({_threads_text(threads)})", path, role)
     wanted = PROVIDER_NAMES[short]
     try:
-        inner = _create(path, [wanted, "CPUExecutionProvider"], threads, validate)
+        inner = _create(path, [wanted, "CPUExecutionProvider"], threads, validate, cpu_arena, prepacking)
         if wanted not in inner.get_providers():
             raise RuntimeError(f"{wanted} could not be created (missing libraries?)")
         _warm_up(inner)
@@ -139,7 +146,7 @@ def make_session(onnx_path: str | Path, provider: str = "auto", threads: int | N
         if requested != "auto":
             raise ProviderError(f"execution provider {short!r} cannot run {path.name}: {reason}", path=path,
                                 hint="install its libraries, or use --provider auto or cpu") from None
-        inner = _create(path, ["CPUExecutionProvider"], threads, validate)
+        inner = _create(path, ["CPUExecutionProvider"], threads, validate, cpu_arena, prepacking)
         _warm_up(inner)
         return Session(inner, inner.get_providers(), f"{wanted} unavailable ({reason}); running on CPU",
                        path, role)
@@ -147,11 +154,12 @@ def make_session(onnx_path: str | Path, provider: str = "auto", threads: int | N
 
 
 def _create(path: Path, providers: list[str], threads: int | None,
-            validate: Callable[[Any], None] | None = None):
+            validate: Callable[[Any], None] | None = None, cpu_arena: bool = True,
+            prepacking: bool = True):
     from edge_tune.errors import BundleError
 
     ort = _ort()
-    options = session_options(threads)
+    options = session_options(threads, cpu_arena=cpu_arena, prepacking=prepacking)
     try:
         inner = ort.InferenceSession(str(path), options, providers=providers)
     except Exception as err:  # noqa: BLE001

@@ -283,6 +283,11 @@ def format_summary(result: dict, run_dir: str | Path | None = None) -> str:
             f"(best on validation, step {result['best']['step']}; final prompt "
             f"{100 * final:.1f}%)"
         )
+    elif result["best"]["val_accuracy"] is not None and data["validation"] != "none":
+        lines.append(
+            f"tuned accuracy:     {100 * result['tuned_accuracy']:.1f}%   (final prompt; best on "
+            f"validation {100 * result['best']['val_accuracy']:.1f}% at step {result['best']['step']})"
+        )
     else:
         lines.append(f"tuned accuracy:     {100 * result['tuned_accuracy']:.1f}%   (final prompt)")
     lines.append(

@@ -6,6 +6,7 @@ with hashes -> atomic rename. Only this package imports torch and transformers.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -15,14 +16,24 @@ from edge_tune.errors import EdgeTuneError, ExportError
 
 def export_bundle(name_or_source: str, out: str | Path, *, source_dir: str | Path | None = None,
                   provider: str = "auto", opset: int | None = None, tolerance: float | None = None,
-                  token_table: str = "fp32", echo=print) -> dict:
+                  token_table: str = "fp32", quantize: str | None = None,
+                  gate_data: str | Path | None = None, gate_prompt: str | Path | None = None,
+                  no_gate: bool = False, max_drop_points: float | None = None, echo=print) -> dict:
     """Export `name_or_source` (registry name, or a save_pretrained dir) to the bundle `out`.
 
     Returns the manifest. `provider` is checked here (one ORT session on the finished graph) so that a
     user learns at export time whether the bundle will run on the provider they asked for.
     `token_table="fp16"` halves the bundle's largest file for small models: the model's own table is
     rounded to fp16 *before* export and parity, so the bundle is exactly the model it describes.
+    `quantize="int8"|"fp16"`: the fp32 bundle is exported to a staging folder, converted, and gated on
+    accuracy (`edge_tune_export.quantize`); only the converted bundle reaches `out`, and a refused one
+    leaves nothing there.
     """
+    if quantize is not None:
+        return _export_quantized(name_or_source, Path(out), mode=quantize, source_dir=source_dir,
+                                 provider=provider, opset=opset, tolerance=tolerance,
+                                 token_table=token_table, gate_data=gate_data, gate_prompt=gate_prompt,
+                                 no_gate=no_gate, max_drop_points=max_drop_points, echo=echo)
     import numpy as np
     import torch
     import transformers
@@ -79,6 +90,67 @@ def export_bundle(name_or_source: str, out: str | Path, *, source_dir: str | Pat
         raise
     echo(f"bundle written to {out} ({time.perf_counter() - started:.1f} s)")
     return manifest
+
+
+def _export_quantized(name_or_source: str, out: Path, *, mode: str, gate_data, gate_prompt, no_gate: bool,
+                      max_drop_points: float | None, echo, provider: str, **fp32_options) -> dict:
+    """fp32 export to a hidden staging folder -> quantise + gate -> atomic swap into `out`."""
+    import json
+    import tempfile
+
+    from edge_tune_export import quantize as quantize_module
+    from edge_tune_export import write_bundle
+
+    if mode not in quantize_module.MODES:
+        raise ExportError(f"unknown quantisation mode {mode!r}",
+                          hint=f"use one of {', '.join(quantize_module.MODES)}")
+    if no_gate and (gate_data is not None or gate_prompt is not None):
+        raise ExportError("--no-gate contradicts --gate-data/--gate-prompt", hint="give one or the other")
+    source_dir = fp32_options.get("source_dir")
+    if source_dir is None and Path(name_or_source).is_dir():
+        source_dir = name_or_source
+    provisional = {"model": {"name": Path(name_or_source).name,
+                             "source": f"dir:{Path(source_dir).resolve()}" if source_dir else ""}}
+    quantize_module.resolve_gate(provisional, gate_data=gate_data, gate_prompt=gate_prompt, no_gate=no_gate,
+                                 mode=mode)  # fail before the slow part; resolved again on the manifest
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.{mode}-", dir=out.parent))
+    try:
+        fp32_dir = work / "fp32"
+        fp32_manifest = export_bundle(name_or_source, fp32_dir, provider="auto", echo=echo, **fp32_options)
+        gate = quantize_module.resolve_gate(fp32_manifest, gate_data=gate_data, gate_prompt=gate_prompt,
+                                            no_gate=no_gate, mode=mode)
+        if no_gate:
+            echo(f"warning: --no-gate: the {mode} bundle's accuracy is not checked against fp32")
+        identity = write_bundle.bundle_identity(
+            {**fp32_manifest, "model": {**fp32_manifest["model"], "name": f"{fp32_manifest['model']['name']}-{mode}"}})
+        write_bundle.check_target(out, identity)
+        echo(f"converting to {mode}")
+        converted = work / "converted"
+        manifest = quantize_module.quantize_bundle(
+            fp32_dir, converted, mode, **gate, echo=echo, final_path=out,
+            max_drop_points=quantize_module.DEFAULT_MAX_DROP_POINTS if max_drop_points is None else max_drop_points)
+        if provider != "auto":
+            _check_provider(converted, provider)
+        write_bundle.check_target(out, identity)
+        if out.exists():  # an older copy of the same bundle: swap it out, then remove it
+            os.replace(out, work / "previous")
+        os.replace(converted, out)
+        _fsync_dir(out.parent)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    sizes = {name: entry["bytes"] for name, entry in manifest["files"].items()}
+    echo(f"{mode} bundle written to {out} ({sum(sizes.values()) / 1e6:.1f} MB; fp32 "
+         f"{sum(e['bytes'] for e in fp32_manifest['files'].values()) / 1e6:.1f} MB)")
+    return json.loads((out / "manifest.json").read_text())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _manifest_head(loaded, format_version: int) -> dict:

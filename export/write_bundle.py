@@ -6,25 +6,16 @@ holds a bundle of another model is refused; re-exporting the same model replaces
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-from edge_tune.bundle import MANIFEST
+from edge_tune.bundle import MANIFEST, sha256_file
 from edge_tune.errors import ExportError
 
 BUNDLE_FILES = ("image.onnx", "text.onnx", "token_embedding.npy", "tokenizer.json")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_target(out: Path, identity: dict) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy_support import (EDGE_TUNE, MINIWORLD_BUNDLE, MINIWORLD_DEMO, REPO, write_photos)
+from deploy_support import (EDGE_TUNE, MINIWORLD_BUNDLE, REPO, write_photos)
 
 PI = REPO / "deploy" / "raspberry-pi"
 UNITS = ("edge-tune-refit.service", "edge-tune-refit.path", "edge-tune-refit.timer")

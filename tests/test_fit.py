@@ -72,7 +72,7 @@ def test_fit_beats_zero_shot_and_writes_every_artifact(fitted_run):
     result = json.loads((fitted_run / "result.json").read_text())
     # a real margin on held-out images, not an exact number
     assert result["tuned_accuracy"] >= result["zero_shot_accuracy"] + 0.15, result
-    assert result["data"]["validation"] == "eval set" and result["selected"] == "best"
+    assert result["data"]["validation"] == "eval set" and result["selected"] == "final"
     assert result["queries"] <= BUDGET and result["finished"] is True
     assert result["peak_rss_mb"] > 0
 
@@ -142,7 +142,7 @@ def test_fit_json_prints_result_and_summary_reads_well(tiny_bundle, colour_task,
     assert code == 0, err
     assert re.match(
         r"zero-shot accuracy: \d+\.\d% +\(hold-out of the shots, 8 images\)\n"
-        r"tuned accuracy: +\d+\.\d% +\(best on validation, step \d+; final prompt \d+\.\d%\)\n"
+        r"tuned accuracy: +\d+\.\d% +\(final prompt; best on validation \d+\.\d% at step \d+\)\n"
         r"queries \d+ \(\+\d+ to evaluate\), \d+ steps",
         out,
     ), out

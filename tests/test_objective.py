@@ -127,7 +127,7 @@ def test_chunking_is_a_pure_function_of_shapes():
     assert chunk_plan(400, 406) == (400, 1)
     assert chunk_plan(401, 400) == (201, 2)
     assert chunk_plan(10, 3) == (3, 4)
-    assert rows_per_run(20, 512) == DEFAULT_MEMORY_CAP // bytes_per_prompt(20, 512) == 378
+    assert rows_per_run(20, 512) == DEFAULT_MEMORY_CAP // bytes_per_prompt(20, 512) == 47
     assert rows_per_run(77, 512, memory_cap=1) == 1
     assert rows_per_run(10, 64, max_prompts=50) == 50
 
@@ -140,6 +140,11 @@ def test_score_handles_a_batch_of_class_features(data):
         assert (losses[i], accuracies[i]) == pytest.approx(
             reference_loss(features, labels, T[i], 10.0)
         )
+    # a memory cap of one candidate's logits splits the GEMM per candidate, same results
+    one = len(features) * len(CLASSES) * 8
+    split = score(features, labels, T, 10.0, memory_cap=one)
+    np.testing.assert_allclose(split[0], losses, rtol=1e-12)
+    np.testing.assert_array_equal(split[1], accuracies)
 
 
 def test_bad_labels_and_missing_scale(session, space, data):

@@ -183,8 +183,29 @@ def cma_init(config: CMAConfig, x0: np.ndarray) -> CMAState:
         best_loss=math.inf, best_x=np.array(x0, dtype=np.float64), nonfinite=0))
 
 
+# The last (config, state) -> sample: `ask` and the `tell` after it sample the same state, and
+# at d = 512 the B·D·z product is the larger part of a generation's Python time. Keyed by the
+# state object itself (states are immutable), so a reloaded state simply recomputes.
+_last_sample: tuple = (None, None, None)
+
+
 def cma_sample(config: CMAConfig, state: CMAState) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(z, y, x): z ~ N(0, I) from counters, y = B·D·z ~ N(0, C), x = m + σ·y (H16 eqs. 38-40)."""
+    """(z, y, x): z ~ N(0, I) from counters, y = B·D·z ~ N(0, C), x = m + σ·y (H16 eqs. 38-40).
+
+    Pure; the arrays are read-only (they are memoised for the `tell` that follows an `ask`).
+    """
+    global _last_sample
+    cached_config, cached_state, cached = _last_sample
+    if cached_state is state and cached_config == config:
+        return cached
+    sample = _draw_sample(config, state)
+    for array in sample:
+        array.flags.writeable = False
+    _last_sample = (config, state, sample)
+    return sample
+
+
+def _draw_sample(config: CMAConfig, state: CMAState) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     c = constants(state.mean.shape[0], config.population_size, config.active, config.diagonal)
     shape = (c.population_size, state.mean.shape[0])
     z = rng(state.seed, STREAM_CMA, state.step).standard_normal(shape)
@@ -204,7 +225,7 @@ def cma_sample(config: CMAConfig, state: CMAState) -> tuple[np.ndarray, np.ndarr
 
 def cma_ask(config: CMAConfig, state: CMAState) -> np.ndarray:
     """λ candidates (clipped into the bounds, if any); pure."""
-    return clip_to_bounds(config, cma_sample(config, state)[2])
+    return np.array(clip_to_bounds(config, cma_sample(config, state)[2]))  # a caller's own copy
 
 
 def cma_tell(config: CMAConfig, state: CMAState, losses: np.ndarray) -> tuple[CMAState, dict]:
@@ -239,8 +260,12 @@ def cma_tell(config: CMAConfig, state: CMAState, losses: np.ndarray) -> tuple[CM
     if config.diagonal:
         cov = decay * state.cov + c.c_1 * path_cov**2 + c.c_mu * (w_circ @ (y * y))
     else:
-        cov = (decay * state.cov + c.c_1 * np.outer(path_cov, path_cov)
-               + c.c_mu * (y.T * w_circ) @ y)  # H16 eq. (47)
+        # H16 eq. (47), summed in place (C is d×d) in the same order, so the same bits as
+        # decay·C + c1·p pᵀ + cµ·Σ w_i y_i y_iᵀ written out
+        cov = np.outer(path_cov, path_cov)
+        cov *= c.c_1
+        cov += decay * state.cov
+        cov += c.c_mu * (y.T * w_circ) @ y
     tpa_score = state.tpa_score
     if uses_tpa(config, n):
         if state.step > 0:  # Hansen 2008 / pycma CMAAdaptSigmaTPA.update2
