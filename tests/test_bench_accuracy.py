@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -95,3 +96,18 @@ def test_first_order_reference_runs_when_torch_is_there(tmp_path):
                           checkpoint=ba.DEFAULT_CHECKPOINT, lrs=(0.01,))
     assert len(runs) == 1 and runs[0]["method"] == ba.FIRST_ORDER and runs[0]["steps"] == 2
     assert 0.0 <= runs[0]["final_accuracy"] <= 1.0
+
+
+def test_cli_reprints_a_saved_report_and_names_a_missing_task(report, tmp_path, run_cli):
+    saved = tmp_path / "report.json"
+    saved.write_text(json.dumps(report), encoding="utf-8")
+    done = run_cli("bench", "accuracy", "--from-json", saved, "--picture", tmp_path / "acc.png")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ba.markdown(report).strip()
+    assert (tmp_path / "acc.png").is_file()
+
+    missing = run_cli("bench", "accuracy", "--tasks", "nope", "--tasks-dir", tmp_path)
+    assert missing.returncode == 1
+    assert missing.stderr.strip().splitlines() == [
+        f"Error: {tmp_path / 'nope'}: task 'nope' has no shots/ and eval/ folders. Write the tasks "
+        f"with `python -m edge_tune_export.miniworld.tasks --out {tmp_path}`, or use --tasks demo"]
