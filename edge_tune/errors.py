@@ -21,8 +21,8 @@ class EdgeTuneError(Exception):
 
     def __str__(self) -> str:
         text = f"{self.path}: {self.message}" if self.path else self.message
-        if self.hint:
-            text = f"{text.rstrip('.')}. {self.hint}"
+        if self.hint:  # a sentence of its own: "<what is wrong>. <What to do>"
+            text = f"{text.rstrip('.')}. {self.hint[:1].upper()}{self.hint[1:]}"
         return text
 
 

@@ -92,7 +92,7 @@ def test_bench_speed_refuses_a_population_that_cannot_fit(bundle_dir):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("Error: a population of 10000000000 x 10 classes needs about ")
-    assert "lower --population (at most about" in lines[0]
+    assert "Lower --population (at most about" in lines[0]
 
 
 def test_bench_memory_json_reports_each_case_from_its_own_process(bundle_dir):

@@ -14,7 +14,8 @@ from edge_tune.bundle import FORMAT_VERSION, open_bundle
 from edge_tune.errors import BundleError, ExportError
 
 REEXPORT = "re-export it with `edge-tune export MODEL --out DIR`"
-COPY_AGAIN = f"copy the whole bundle again, or {REEXPORT}"
+REEXPORT_HINT = REEXPORT[:1].upper() + REEXPORT[1:]  # a hint starts its own sentence
+COPY_AGAIN = f"Copy the whole bundle again, or {REEXPORT}"
 
 
 @pytest.fixture
@@ -85,16 +86,16 @@ def test_newer_format_version(copy):
     rewrite_manifest(copy, lambda m: m.update(format_version=FORMAT_VERSION + 1))
     assert error_of(lambda: open_bundle(copy)) == (
         f"{copy / 'manifest.json'}: bundle format_version 2 is newer than this edge-tune reads (1). "
-        "upgrade edge-tune on this device (pip install -U edge-tune)")
+        "Upgrade edge-tune on this device (pip install -U edge-tune)")
 
 
 def test_not_a_bundle(tmp_path):
     assert error_of(lambda: open_bundle(tmp_path)) == (
         f"{tmp_path}: no manifest.json: not an edge-tune bundle. "
-        "pass a directory made by `edge-tune export MODEL --out DIR`")
+        "Pass a directory made by `edge-tune export MODEL --out DIR`")
     assert error_of(lambda: open_bundle(tmp_path / "nowhere")) == (
         f"{tmp_path / 'nowhere'}: bundle directory does not exist. "
-        "pass a directory made by `edge-tune export MODEL --out DIR`")
+        "Pass a directory made by `edge-tune export MODEL --out DIR`")
     (tmp_path / "manifest.json").write_text("{not json")
     assert error_of(lambda: open_bundle(tmp_path)).startswith(
         f"{tmp_path / 'manifest.json'}: manifest.json is not valid JSON (")
@@ -106,7 +107,7 @@ def test_text_graph_with_wrong_inputs(copy):
     bundle = open_bundle(copy)
     assert error_of(lambda: bundle.text_session("cpu", 1)) == (
         f"{copy / 'text.onnx'}: text graph has inputs (pixel_values float[rank 4]), expected "
-        f"(prompt_embeds float[rank 3], eot_index int64[rank 1]). {REEXPORT}")
+        f"(prompt_embeds float[rank 3], eot_index int64[rank 1]). {REEXPORT_HINT}")
 
 
 def test_graph_marked_with_another_role(copy):
@@ -117,7 +118,7 @@ def test_graph_marked_with_another_role(copy):
     onnx.save(proto, str(copy / "text.onnx"))
     rehash(copy, "text.onnx")
     assert error_of(lambda: open_bundle(copy).text_session("cpu", 1)) == (
-        f"{copy / 'text.onnx'}: graph is marked as the image graph, but the manifest uses it as text. {REEXPORT}")
+        f"{copy / 'text.onnx'}: graph is marked as the image graph, but the manifest uses it as text. {REEXPORT_HINT}")
 
 
 def test_cli_prints_one_line_and_exit_code_1(copy, run_cli):
@@ -149,7 +150,7 @@ def test_source_dir_that_is_not_a_clip_checkpoint(tmp_path):
 
     (tmp_path / "bert").mkdir()
     (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    hint = "pass a directory written by CLIPModel.save_pretrained (config.json + weights)"
+    hint = "Pass a directory written by CLIPModel.save_pretrained (config.json + weights)"
     with pytest.raises(ExportError) as caught:
         export_bundle("clip-vit-b16", tmp_path / "out", source_dir=tmp_path / "bert")
     assert str(caught.value) == (f"{tmp_path / 'bert'}: not a CLIP checkpoint (config.json model_type is "
@@ -167,7 +168,7 @@ def test_unknown_model_lists_the_known_ones(tmp_path):
     with pytest.raises(ExportError) as caught:
         export_bundle("clip-vit-h99", tmp_path / "out")
     assert str(caught.value) == ("unknown model 'clip-vit-h99'; known models: b16-random, clip-vit-b16, "
-                                 "clip-vit-b32, clip-vit-l14, tiny-random. or pass --source DIR with a "
+                                 "clip-vit-b32, clip-vit-l14, tiny-random. Or pass --source DIR with a "
                                  "CLIPModel save_pretrained directory")
 
 
@@ -181,7 +182,7 @@ def test_out_holding_a_different_bundle_is_refused(tiny_bundle, tmp_path, run_cl
     assert done.returncode == 1
     assert done.stderr.splitlines()[-1] == (
         f"Error: {other}: --out already holds a different bundle ('clip-vit-b32' from "
-        "'hf:openai/clip-vit-base-patch32'). choose another --out or delete that bundle first")
+        "'hf:openai/clip-vit-base-patch32'). Choose another --out or delete that bundle first")
     assert sorted((p.name, p.stat().st_mtime_ns) for p in other.iterdir()) == before
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "notes.txt").write_text("mine")
@@ -215,6 +216,6 @@ def test_unreachable_hub_says_to_pass_source(tmp_path, run_cli):
     assert done.returncode == 1
     assert done.stderr.splitlines()[-1] == (
         "Error: cannot fetch openai/clip-vit-base-patch16 from the Hugging Face hub (unreachable or not "
-        "cached). download it elsewhere and pass --source DIR (edge-tune export clip-vit-b16 --source DIR "
+        "cached). Download it elsewhere and pass --source DIR (edge-tune export clip-vit-b16 --source DIR "
         "--out OUT)")
     assert list(tmp_path.iterdir()) == [tmp_path / "hf"] or list(tmp_path.iterdir()) == []

@@ -43,7 +43,7 @@ def test_unknown_provider_is_an_error():
     with pytest.raises(ProviderError) as caught:
         resolve_provider("quantum")
     assert str(caught.value).startswith("execution provider 'quantum' is unknown") is False
-    assert str(caught.value).startswith("unknown execution provider 'quantum'. use one of: auto, cpu, cuda, ")
+    assert str(caught.value).startswith("unknown execution provider 'quantum'. Use one of: auto, cpu, cuda, ")
 
 
 def test_cpu_session_runs_with_the_threads_asked_for(tiny_bundle):

@@ -56,4 +56,4 @@ def test_bad_file_is_a_bundle_error(tmp_path):
     with pytest.raises(BundleError) as caught:
         ClipTokenizer.from_file(path)
     assert str(caught.value) == (f"{path}: not a CLIP tokenizer (no <|startoftext|>/<|endoftext|> tokens). "
-                                 "re-export the bundle with `edge-tune export`")
+                                 "Re-export the bundle with `edge-tune export`")

@@ -56,7 +56,7 @@ def check_zo(learning_rate: float, smoothing: float, directions: int) -> None:
                              hint="Use e.g. 1e-3")
     if int(directions) < 1:
         raise OptimizerError(f"directions must be >= 1, got {directions}",
-                             hint="q = 1 is the paper's setting")
+                             hint="Use 1, the paper's setting")
 
 
 def masked_directions(seed: int, step: int, count: int, mask: np.ndarray | None,
