@@ -81,6 +81,15 @@ class TextGraphCost:
     def flops(self, prompts: int, length: int) -> int:
         return 2 * self.macs(prompts, length)
 
+    def shared_flops(self, candidates: int, classes: int, prefix: int, suffix: int) -> int:
+        """FLOPs of text_shared.onnx: the prefix once per candidate, each class's suffix attending
+        to prefix + itself (the same weights, so the same per-token cost)."""
+        tokens = candidates * (prefix + classes * suffix)
+        attention = self.layers * 2 * self.width * candidates * (
+            prefix * prefix + classes * suffix * (prefix + suffix))
+        return 2 * (tokens * self.per_token_macs + attention
+                    + candidates * classes * self.per_prompt_macs)
+
 
 _WEIGHT_OPS = {"MatMul": 1, "Gemm": 1, "MatMulInteger": 1, "DynamicQuantizeMatMul": 1,
                "MatMulIntegerToFloat": 1, "FusedMatMul": 1, "MatMulNBits": 1}
@@ -362,7 +371,7 @@ def run_speed(bundle_path: str | Path, *, classes: int = 10, population: int = 4
     bundle = open_bundle(bundle_path)
     space = PromptSpace.build(bundle, benchmark_classnames(classes), dim=dim, seed=0)
     length, width = space.length, space.text_width
-    from edge_tune.objective import rows_per_run
+    from edge_tune.objective import chunk_plan, rows_per_run
 
     run_rows = rows_per_run(length, width)
     check_memory(estimate_speed_bytes(population, classes, space.dim, length, width, run_rows),
@@ -380,6 +389,12 @@ def run_speed(bundle_path: str | Path, *, classes: int = 10, population: int = 4
     # several-fold on a small machine, which would flatter edge-tune.)
     # (1) edge-tune's objective: truncated to max(EOT)+1, population x classes in fixed-size runs.
     losses = objective(W)  # also the warm-up (arena, prepacking)
+    # (1b) the same through text_shared.onnx, when the bundle has it (`export --shared-prefix`)
+    shared = None
+    if bundle.has_graph("text_shared"):
+        shared = PromptObjective(bundle.objective_session(provider=provider, threads=threads), space,
+                                 features, labels, logit_scale=bundle.logit_scale)
+        shared_losses = shared(W)
     # (2) ONNX the reference way: 77 tokens, one candidate (K prompts) per run.
     full = space.padded(min(77, space.context_length))
     eot = space.eot_index.astype(np.int64)
@@ -396,8 +411,11 @@ def run_speed(bundle_path: str | Path, *, classes: int = 10, population: int = 4
     probe_shape = (max(size * length, PROBE_MIN_ROWS), width, hidden)
     probe_flops, probe_ort, probe_numpy = make_gemm_probe(*probe_shape, threads=threads)
     probe_ort(), probe_numpy()
-    calls, ort_seconds, naive_times, probe_times = [], [], [], []
+    calls, ort_seconds, naive_times, probe_times, shared_times = [], [], [], [], []
     for _ in range(repeats):
+        if shared is not None:
+            with limit_blas_threads(1):
+                shared_times.append(_seconds(lambda: shared(W)))
         timed.seconds = 0.0
         with limit_blas_threads(1):  # as in a fit (Tuner.run)
             start = time.perf_counter()
@@ -423,12 +441,26 @@ def run_speed(bundle_path: str | Path, *, classes: int = 10, population: int = 4
         "onnx_naive": _speed_row(1 / naive_s, classes / naive_s, naive_s, naive_flops,
                                  note=f"L={full.length}, 1 candidate ({classes} prompts) per run"),
     }
+    if shared is not None:
+        shared_s = statistics.median(shared_times)
+        suffix = space.length - space.prefix_length
+        class_size, class_runs = chunk_plan(classes, shared.max_rows)  # as the objective plans it
+        size_c, runs_c = chunk_plan(population, max(1, shared.max_rows // class_size))
+        rows["objective_shared"] = _speed_row(
+            population / shared_s, population * classes / shared_s, shared_s,
+            cost.shared_flops(runs_c * size_c * class_runs, class_size, space.prefix_length, suffix),
+            note=f"P={space.prefix_length} + S={suffix}, {runs_c * class_runs} run(s) of {size_c} "
+                 f"candidates x {class_size} classes; "
+                 f"loss vs text.onnx {float(np.max(np.abs(shared_losses - losses))):.1e}")
     attainable = probe["attainable_gflops"]
     for row in rows.values():
         row["fraction_of_gemm"] = row["gflops"] / attainable
     ratios = {"objective_vs_onnx_naive": rows["objective"]["queries_per_s"]
               / rows["onnx_naive"]["queries_per_s"],
               "objective_fraction_of_gemm": rows["objective"]["fraction_of_gemm"]}
+    if shared is not None:
+        ratios["shared_vs_objective"] = (rows["objective_shared"]["queries_per_s"]
+                                         / rows["objective"]["queries_per_s"])
     step_s = call_s + (ask_tell_s or 0.0)
     return {
         "bundle": str(bundle.path), "model": bundle.manifest.get("model", {}).get("name"),
@@ -543,6 +575,8 @@ def add_reference(report: dict[str, Any], reference: dict[str, Any]) -> dict[str
     rows["pytorch_eager"] = row
     ratios["objective_vs_pytorch_eager"] = rows["objective"]["queries_per_s"] / row["queries_per_s"]
     ratios["onnx_naive_vs_pytorch_eager"] = rows["onnx_naive"]["queries_per_s"] / row["queries_per_s"]
+    if "objective_shared" in rows:
+        ratios["shared_vs_pytorch_eager"] = rows["objective_shared"]["queries_per_s"] / row["queries_per_s"]
     return report
 
 
@@ -592,7 +626,7 @@ def memory_case(case: str, bundle_path: str, *, classes: int, population: int, p
 
         space = PromptSpace.build(bundle, benchmark_classnames(classes), seed=0)
         features, labels = random_features(4 * classes, int(bundle.projection_dim), classes)
-        objective = PromptObjective(bundle.text_session(provider=provider, threads=threads), space,
+        objective = PromptObjective(bundle.objective_session(provider=provider, threads=threads), space,
                                     features, labels, logit_scale=bundle.logit_scale)
         W = np.random.default_rng(1).standard_normal((population, space.dim)) * 0.01
         for _ in range(steps):
@@ -846,9 +880,12 @@ def speed_table(report: dict[str, Any]) -> str:
              "| path | queries/s | prompts/s | GFLOP/query | GFLOP/s | % of GEMM probe | note |",
              "|---|---:|---:|---:|---:|---:|---|"]
     names = {"objective": "edge-tune objective (ONNX, truncated, batched)",
+             "objective_shared": "edge-tune objective, shared prefix (text_shared.onnx)",
              "onnx_naive": "ONNX, 77 tokens, one candidate per run",
              "pytorch_eager": "PyTorch eager reference (77 tokens, one candidate per call)"}
     for key, name in names.items():
+        if key not in rows:
+            continue
         row = rows[key]
         if row.get("status") != "ok":
             lines.append(f"| {name} | {row.get('status')} | {row.get('status')} | | | | |")
@@ -871,6 +908,11 @@ def speed_table(report: dict[str, Any]) -> str:
                  f" (ONNX alone, same 77-token work: {ratios['onnx_naive_vs_pytorch_eager']:.2f}x)"),
               f"- objective vs ONNX without truncation/batching: {ratios['objective_vs_onnx_naive']:.1f}x",
               f"- objective at {100 * ratios['objective_fraction_of_gemm']:.0f}% of the GEMM probe",
+              *([f"- shared prefix (text_shared.onnx) vs the text.onnx objective: "
+                 f"{ratios['shared_vs_objective']:.2f}x queries/s"
+                 + (f"; vs PyTorch eager: {ratios['shared_vs_pytorch_eager']:.1f}x"
+                    if "shared_vs_pytorch_eager" in ratios else "")]
+                if "shared_vs_objective" in ratios else []),
               f"- Python overhead (all but ORT runs): {100 * overhead['objective_fraction']:.1f}% of an "
               f"objective call; " + (
                   "optimiser not available" if overhead["ask_tell_s"] is None else

@@ -28,12 +28,20 @@ COPY_AGAIN = f"copy the whole bundle again, or {REEXPORT}"
 # peak is ~50 MiB lower on ViT-B/16. Prepacking stays on for both: without it a feature depends
 # on the batch it was computed in (last-bit differences), and cached features must not.
 SESSION_MEMORY = {"text": {"cpu_arena": True, "prepacking": True},
+                  "text_shared": {"cpu_arena": True, "prepacking": True},
                   "image": {"cpu_arena": False, "prepacking": True}}
 # role -> (input name -> (ONNX element type, rank)), output name
 GRAPH_SIGNATURES = {
     "text": ({"prompt_embeds": ("tensor(float)", 3), "eot_index": ("tensor(int64)", 1)}, "text_embeds"),
     "image": ({"pixel_values": ("tensor(float)", 4)}, "image_embeds"),
+    # optional (`edge-tune export --shared-prefix`): the text graph with each candidate's common
+    # prefix (SOT + context) computed once for all its class prompts
+    "text_shared": ({"prefix_embeds": ("tensor(float)", 3), "suffix_embeds": ("tensor(float)", 4),
+                     "eot_in_suffix": ("tensor(int64)", 2)}, "text_embeds"),
 }
+REQUIRED_GRAPHS = ("text", "image")
+#: The input whose last axis is the text width D, per text role.
+WIDTH_INPUT = {"text": "prompt_embeds", "text_shared": "prefix_embeds"}
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,15 @@ class Bundle:
     def text_session(self, provider: str = "auto", threads: int | None = None):
         return self._session("text", provider, threads)
 
+    def has_graph(self, role: str) -> bool:
+        return role in self.manifest["graphs"]
+
+    def objective_session(self, provider: str = "auto", threads: int | None = None):
+        """The session that scores candidate prompts: text_shared.onnx when the bundle has it (the
+        same features from fewer token rows, docs/bench.md), else text.onnx."""
+        role = "text_shared" if self.has_graph("text_shared") else "text"
+        return self._session(role, provider, threads)
+
     def image_session(self, provider: str = "auto", threads: int | None = None):
         return self._session("image", provider, threads)
 
@@ -102,7 +119,7 @@ class Bundle:
         from edge_tune.providers import make_session
 
         path = self.file(self.manifest["graphs"][role]["file"])
-        width = self.text_width if role == "text" else None
+        width = self.text_width if role in WIDTH_INPUT else None
         memory = dict(SESSION_MEMORY[role])
         if (self.manifest.get("quantization") or {}).get("mode") == "int8":
             # int8 weights prepacked are a second copy (−17 MiB fit peak without, ~4% slower),
@@ -124,7 +141,7 @@ def check_graph(path: Path, role: str, inner: Any, *, width: int | None = None) 
         raise BundleError(f"{role} graph has outputs {outputs}, expected [{output!r}]", path=path,
                           hint=REEXPORT)
     if width is not None:
-        d = next(a.shape[-1] for a in inner.get_inputs() if a.name == "prompt_embeds")
+        d = next(a.shape[-1] for a in inner.get_inputs() if a.name == WIDTH_INPUT[role])
         if isinstance(d, int) and d != width:
             raise BundleError(f"text graph takes width {d}, manifest says {width}", path=path, hint=REEXPORT)
     meta = inner.get_modelmeta().custom_metadata_map
@@ -212,7 +229,7 @@ def _parse_manifest(raw: bytes, path: Path) -> dict:
     for key, kind in required.items():
         if not isinstance(manifest.get(key), kind):
             raise BundleError(f"manifest.json lacks a valid {key!r} entry", path=path, hint=REEXPORT)
-    for role in GRAPH_SIGNATURES:
+    for role in REQUIRED_GRAPHS:
         if role not in manifest["graphs"] or not isinstance(manifest["graphs"][role], dict):
             raise BundleError(f"manifest.json names no {role} graph", path=path, hint=REEXPORT)
     for key in ("text_width", "projection_dim", "context_length"):

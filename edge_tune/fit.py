@@ -305,7 +305,7 @@ class Tuner:
         # before the text session grows its own (bench memory: the fit's peak is the loop's).
         self.bundle.release_tokenizer()
         return_free_memory()
-        self.text_session = self.bundle.text_session(provider=provider, threads=threads)
+        self.text_session = self.bundle.objective_session(provider=provider, threads=threads)
         scale = self.bundle.logit_scale
         self.objective = PromptObjective(
             self.text_session, self.space, train_x, train_y, logit_scale=scale

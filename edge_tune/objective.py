@@ -108,7 +108,7 @@ class PromptObjective:
         threads: int | None = None,
     ):
         if hasattr(bundle_or_session, "text_session"):
-            self.session = bundle_or_session.text_session(provider, threads)
+            self.session = bundle_or_session.objective_session(provider, threads)
             logit_scale = bundle_or_session.logit_scale if logit_scale is None else logit_scale
         else:
             self.session = bundle_or_session
@@ -134,6 +134,10 @@ class PromptObjective:
         self.max_rows = rows_per_run(
             space.length, space.text_width, memory_cap=memory_cap, max_prompts=max_prompts_per_run
         )
+        # text_shared.onnx (a bundle exported with --shared-prefix): same features, the prefix
+        # computed once per candidate; runs hold whole candidates x class blocks of <= max_rows prompts
+        self.shared_prefix = getattr(self.session, "role", "text") == "text_shared"
+        self._suffix_inputs: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
         self.queries = 0  # candidates evaluated by __call__/evaluate
         self.text_runs = 0  # text-graph runs
         self.prompts_run = 0  # prompt rows sent to the text graph, padding included
@@ -156,6 +160,8 @@ class PromptObjective:
     def text_features(self, W: np.ndarray) -> np.ndarray:
         """f32[n, K, P] text features for all candidates, in equal fixed-size runs."""
         W = self.space._check(W)
+        if self.shared_prefix:
+            return self._shared_text_features(W)
         K = self.space.num_classes
         total = len(W) * K
         size, runs = chunk_plan(total, self.max_rows)
@@ -174,6 +180,47 @@ class PromptObjective:
             self.prompts_run += size
             out.append(result[: stop - start])
         return np.concatenate(out).reshape(len(W), K, -1).astype(np.float32, copy=False)
+
+    def _shared_text_features(self, W: np.ndarray) -> np.ndarray:
+        """`text_features` through text_shared.onnx: runs of c candidates x k classes, c·k <= max_rows.
+
+        Classes are split into equal blocks only when K alone exceeds a run; candidates fill the rest.
+        Short last blocks are padded with copies, so every run has the same shape.
+        """
+        K = self.space.num_classes
+        class_size, class_runs = chunk_plan(K, self.max_rows)
+        cand_size, cand_runs = chunk_plan(len(W), max(1, self.max_rows // class_size))
+        prefixes = self.space.prefixes(W)
+        blocks = []
+        for c in range(cand_runs):
+            start, stop = c * cand_size, min((c + 1) * cand_size, len(W))
+            prefix = prefixes[start:stop]
+            if stop - start < cand_size:
+                prefix = np.concatenate([prefix, np.repeat(prefix[-1:], cand_size - (stop - start), 0)])
+            per_class = []
+            for k in range(class_runs):
+                first, last = k * class_size, min((k + 1) * class_size, K)
+                suffix, eot = self._suffix_block(cand_size, first, class_size)
+                result = np.asarray(self.session.run(
+                    {"prefix_embeds": prefix, "suffix_embeds": suffix, "eot_in_suffix": eot}))
+                self.text_runs += 1
+                self.prompts_run += cand_size * class_size
+                per_class.append(result[: stop - start, : last - first])
+            blocks.append(np.concatenate(per_class, axis=1))
+        return np.concatenate(blocks).astype(np.float32, copy=False)
+
+    def _suffix_block(self, candidates: int, first: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(f32[c, size, S, D], i64[c, size]) for classes first.. (padded with the last class),
+        repeated for c candidates; built once per shape and reused (the same every call)."""
+        key = (candidates, first, size)
+        if key not in self._suffix_inputs:
+            suffix, eot = self.space.suffixes()
+            index = np.minimum(np.arange(first, first + size), self.space.num_classes - 1)
+            self._suffix_inputs[key] = (
+                np.ascontiguousarray(np.broadcast_to(suffix[index], (candidates, size, *suffix.shape[1:]))),
+                np.ascontiguousarray(np.broadcast_to(eot[index], (candidates, size))),
+            )
+        return self._suffix_inputs[key]
 
 
 def template_class_features(
@@ -227,14 +274,15 @@ def evaluate_dataset(
     features, labels = image_features(
         bundle, dataset, cache_dir=cache_dir, provider=provider, threads=threads, progress=progress
     )
-    session = bundle.text_session(provider, threads)
     if prompt is None:
+        session = bundle.text_session(provider, threads)
         class_features = template_class_features(bundle, session, dataset.classnames, template)
         what = {"template": template}
-    else:
+    else:  # scored as `fit` scored it (text_shared.onnx when the bundle has it)
         space = PromptSpace.from_spec(bundle, dataset.classnames, spec)
         objective = PromptObjective(
-            session, space, features, labels, logit_scale=bundle.logit_scale
+            bundle.objective_session(provider, threads), space, features, labels,
+            logit_scale=bundle.logit_scale,
         )
         class_features = objective.class_features(w)
         what = {"prompt": str(prompt)}

@@ -252,6 +252,24 @@ class PromptSpace:
         out[:, 1 : 1 + self.m, :] = ctx[np.searchsorted(used, candidate)]
         return out
 
+    # --- the same prompts split for text_shared.onnx ---------------------------------------
+    @property
+    def prefix_length(self) -> int:
+        """P = 1 + m: SOT and the context tokens, the part every class prompt of a candidate shares."""
+        return 1 + self.m
+
+    def prefixes(self, W: np.ndarray) -> np.ndarray:
+        """f32[n, P, D]: each candidate's [SOT, ctx(w)] (positions 0..P-1 of all its prompts)."""
+        W = self._check(W)
+        out = np.repeat(self.base[:1, : self.prefix_length], len(W), axis=0)
+        out[:, 1:] = self.context(W).astype(np.float32)  # the ORT boundary, as in prompt_rows
+        return out
+
+    def suffixes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(f32[K, S, D], i64[K]): each class's positions P..L-1, and its EOT index within them."""
+        start = self.prefix_length
+        return self.base[:, start:], (self.eot_index - start).astype(np.int64)
+
     def projection_checksum(self) -> str | None:
         if self.projection is None:
             return None

@@ -76,3 +76,47 @@ def check_parity(model, bundle_dir: Path, tokenizer_json: bytes, *, eot_id: int,
                           f"tolerance {tolerance:g})", path=bundle_dir.name,
                           hint="no bundle was written; report this model with the printed diffs")
     return result
+
+
+SHARED_PREFIXES = ("a photo of a", "a blurry photo of")  # two candidates' contexts, 4 tokens each
+SHARED_SUFFIXES = ("cat.", "dog.", "large tabby cat sitting on a red sofa.", "T-shirt/top.")
+
+
+def check_shared_parity(model, bundle_dir: Path, tokenizer_json: bytes, *, eot_id: int,
+                        tolerance: float = TOLERANCE, echo=print) -> dict:
+    """text_shared.onnx vs `get_text_features` on real prompts "<prefix> <suffix>" that share a prefix.
+
+    Each prefix is one candidate (SOT + its tokens, P positions); the suffixes are its class prompts.
+    """
+    import onnxruntime as ort
+
+    length = model.config.text_config.max_position_embeddings
+    prompts = [f"{p} {s}" for p in SHARED_PREFIXES for s in SHARED_SUFFIXES]
+    ids, eot = tokenise(tokenizer_json, prompts, eot_id=eot_id, length=length)
+    n, k = len(SHARED_PREFIXES), len(SHARED_SUFFIXES)
+    prefix_ids = tokenise(tokenizer_json, SHARED_PREFIXES, eot_id=eot_id, length=length)[1]  # EOT = 1 + m
+    p = int(prefix_ids.min())
+    if not (prefix_ids == p).all() or not (ids.reshape(n, k, -1)[:, :, :p] == ids.reshape(n, k, -1)[:, :1, :p]).all():
+        raise ExportError("the tokenizer does not split the shared-prefix parity prompts at one place",
+                          path=bundle_dir.name, hint="export without --shared-prefix")
+    s = int(eot.max()) + 1 - p
+    with torch.no_grad():
+        ids_t = torch.from_numpy(ids)
+        want = F.normalize(features_tensor(model.get_text_features(input_ids=ids_t)), dim=-1).numpy()
+        embeds = model.text_model.embeddings.token_embedding(ids_t).numpy().astype(np.float32)
+    embeds = embeds.reshape(n, k, length, -1)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(bundle_dir / "text_shared.onnx"), options,
+                                   providers=["CPUExecutionProvider"])
+    got = session.run(None, {"prefix_embeds": np.ascontiguousarray(embeds[:, 0, :p]),
+                             "suffix_embeds": np.ascontiguousarray(embeds[:, :, p:p + s]),
+                             "eot_in_suffix": (eot - p).reshape(n, k)})[0]
+    diff = float(np.abs(got.reshape(n * k, -1) - want).max())
+    echo(f"parity text_shared (ORT vs get_text_features, {n} prefixes x {k} suffixes): max abs diff "
+         f"{diff:.3g}")
+    if not diff <= tolerance:
+        raise ExportError(f"parity check failed: text_shared.onnx differs from PyTorch by {diff:.3g} "
+                          f"(tolerance {tolerance:g})", path=bundle_dir.name,
+                          hint="no bundle was written; export without --shared-prefix, and report this model")
+    return {"text_shared_max_abs_diff": diff}

@@ -45,6 +45,7 @@ from edge_tune.errors import ExportError
 
 MODES = ("int8", "fp16")
 GRAPHS = ("text.onnx", "image.onnx")
+OPTIONAL_GRAPHS = ("text_shared.onnx",)  # converted too when present; the gate's tuned prompt runs on it
 DEFAULT_MAX_DROP_POINTS = 1.0
 GATE_FIT_QUERIES = 1000  # the gate's tuned prompt: ~15 s on the demo shots, 61 -> 80 % on its eval set
 MINIWORLD_DEMO = Path(__file__).resolve().parent.parent / "models" / "miniworld" / "demo"
@@ -180,10 +181,11 @@ def quantize_bundle(src: str | Path, out: str | Path, mode: str, *, gate_data: A
     try:
         bundle_dir = staging / "bundle"
         bundle_dir.mkdir()
+        graphs = [name for name in (*GRAPHS, *OPTIONAL_GRAPHS) if name in manifest["files"]]
         for name in manifest["files"]:
-            if name not in GRAPHS:
+            if name not in graphs:
                 shutil.copy2(src / name, bundle_dir / name)
-        for name in GRAPHS:
+        for name in graphs:
             quantize_graph(src / name, bundle_dir / name, mode, reduce_range=reduce_range)
         new = json.loads(json.dumps(manifest))
         new["files"] = {name: {"sha256": sha256_file(bundle_dir / name), "bytes": (bundle_dir / name).stat().st_size}
@@ -327,7 +329,7 @@ def accuracy_gate(reference: str | Path, candidate: str | Path, eval_data: Any, 
         features, labels = image_features(bundle, dataset, cache_dir=cache_dir, provider=provider,
                                           threads=threads)
         space = PromptSpace.build(bundle, list(dataset.classnames), **space_options)
-        objective = PromptObjective(bundle.text_session(provider=provider, threads=threads), space,
+        objective = PromptObjective(bundle.objective_session(provider=provider, threads=threads), space,
                                     features, labels, logit_scale=bundle.logit_scale)
         W = np.zeros((1 if w is None else 2, space.dim))
         if w is not None:

@@ -17,7 +17,7 @@ import onnx
 import torch
 
 from edge_tune.bundle import FORMAT_VERSION
-from edge_tune_export.wrappers import ImageEncoder, PromptTextEncoder
+from edge_tune_export.wrappers import ImageEncoder, PromptTextEncoder, SharedPrefixTextEncoder
 
 DEFAULT_OPSET = 20
 
@@ -32,6 +32,21 @@ def export_text_graph(model, path: Path, *, opset: int = DEFAULT_OPSET) -> None:
     _export(PromptTextEncoder(model).eval(), (embeds, eot), path, opset=opset,
             input_names=["prompt_embeds", "eot_index"], output_names=["text_embeds"],
             dynamic_shapes={"prompt_embeds": {0: count, 1: seq}, "eot_index": {0: count}}, role="text")
+
+
+def export_shared_text_graph(model, path: Path, *, opset: int = DEFAULT_OPSET) -> None:
+    """text_shared.onnx: prefix_embeds [n,P,D] + suffix_embeds [n,K,S,D] + eot_in_suffix [n,K] ->
+    text_embeds [n,K,P'] (P + S <= the context length; the runtime never asks for more)."""
+    text = model.config.text_config
+    length, width = text.max_position_embeddings, text.hidden_size
+    example = (torch.randn(3, 5, width), torch.randn(3, 4, 6, width),
+               torch.tensor([[1, 2, 3, 5]] * 3, dtype=torch.int64))
+    n, k = torch.export.Dim("n", min=1), torch.export.Dim("K", min=1)
+    p, s = torch.export.Dim("P", min=1, max=length - 1), torch.export.Dim("S", min=1, max=length - 1)
+    _export(SharedPrefixTextEncoder(model).eval(), example, path, opset=opset,
+            input_names=["prefix_embeds", "suffix_embeds", "eot_in_suffix"], output_names=["text_embeds"],
+            dynamic_shapes={"prefix_embeds": {0: n, 1: p}, "suffix_embeds": {0: n, 1: k, 2: s},
+                            "eot_in_suffix": {0: n, 1: k}}, role="text_shared")
 
 
 def export_image_graph(model, path: Path, *, opset: int = DEFAULT_OPSET) -> None:

@@ -16,6 +16,7 @@ from edge_tune.bundle import MANIFEST, sha256_file
 from edge_tune.errors import ExportError
 
 BUNDLE_FILES = ("image.onnx", "text.onnx", "token_embedding.npy", "tokenizer.json")
+OPTIONAL_FILES = ("text_shared.onnx",)  # `edge-tune export --shared-prefix`
 
 
 def check_target(out: Path, identity: dict) -> None:
@@ -55,10 +56,11 @@ def make_staging_dir(out: Path) -> Path:
 
 def finish_bundle(staging: Path, out: Path, manifest: dict) -> Path:
     """Hash every file into the manifest, fsync, and rename `staging` to `out`."""
+    names = [*BUNDLE_FILES, *(name for name in OPTIONAL_FILES if (staging / name).is_file())]
     manifest["files"] = {name: {"sha256": sha256_file(staging / name), "bytes": (staging / name).stat().st_size}
-                         for name in BUNDLE_FILES}
+                         for name in names}
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    for name in (*BUNDLE_FILES, MANIFEST):
+    for name in (*names, MANIFEST):
         _fsync(staging / name)
     check_target(out, bundle_identity(manifest))
     old = None
@@ -88,4 +90,4 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-__all__ = ["BUNDLE_FILES", "check_target", "finish_bundle", "make_staging_dir", "sha256_file"]
+__all__ = ["BUNDLE_FILES", "OPTIONAL_FILES", "check_target", "finish_bundle", "make_staging_dir", "sha256_file"]

@@ -1,0 +1,107 @@
+"""text_shared.onnx (`edge-tune export --shared-prefix`): the same features from fewer token rows."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from conftest import export_in_subprocess
+from fit_support import make_colour_shots
+
+from edge_tune.bench import random_features
+from edge_tune.bundle import open_bundle
+from edge_tune.objective import PromptObjective
+from edge_tune.prompts import PromptSpace
+
+
+@pytest.fixture(scope="module")
+def shared_bundle(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shared") / "bundle"
+    done = export_in_subprocess("tiny-random", out, "--shared-prefix")
+    assert done.returncode == 0, done.stderr
+    assert "parity text_shared (ORT vs get_text_features, 2 prefixes x 4 suffixes): max abs diff" in done.stderr
+    return out
+
+
+def objectives(bundle_path, classes: int, **options):
+    bundle = open_bundle(bundle_path)
+    space = PromptSpace.build(bundle, [f"class {i}" for i in range(classes)], seed=0)
+    features, labels = random_features(4 * classes, int(bundle.projection_dim), classes)
+    standard = PromptObjective(bundle.text_session(threads=1), space, features, labels,
+                               logit_scale=bundle.logit_scale, **options)
+    shared = PromptObjective(bundle.objective_session(threads=1), space, features, labels,
+                             logit_scale=bundle.logit_scale, **options)
+    return space, standard, shared
+
+
+def test_the_bundle_lists_and_checks_the_shared_graph(shared_bundle):
+    manifest = json.loads((shared_bundle / "manifest.json").read_text())
+    assert manifest["graphs"]["text_shared"]["file"] == "text_shared.onnx"
+    assert set(manifest["files"]) == {"image.onnx", "text.onnx", "text_shared.onnx",
+                                      "token_embedding.npy", "tokenizer.json"}
+    assert manifest["parity"]["text_shared_max_abs_diff"] <= 1e-5
+    bundle = open_bundle(shared_bundle)  # hashes verified, the new file included
+    assert bundle.objective_session(provider="cpu").role == "text_shared"
+    role = {p.key: p.value for p in onnx.load(shared_bundle / "text_shared.onnx").metadata_props}
+    assert role["edge_tune.role"] == "text_shared"
+
+
+def test_a_bundle_without_it_scores_with_text_onnx(tiny_bundle):
+    assert open_bundle(tiny_bundle).objective_session(provider="cpu").role == "text"
+
+
+@pytest.mark.parametrize("classes, memory_cap", [(3, None), (10, None), (40, 2**20)])
+def test_shared_features_equal_the_text_graph_and_do_not_depend_on_the_batch(shared_bundle, classes,
+                                                                             memory_cap):
+    """K = 40 with a 1 MiB cap splits the classes into blocks: still the same features."""
+    options = {} if memory_cap is None else {"memory_cap": memory_cap}
+    space, standard, shared = objectives(shared_bundle, classes, **options)
+    assert shared.shared_prefix and not standard.shared_prefix
+    W = np.random.default_rng(0).standard_normal((7, space.dim)) * 0.05
+    together = shared.text_features(W)
+    np.testing.assert_allclose(together, standard.text_features(W), rtol=0, atol=1e-6)
+    one_by_one = np.concatenate([shared.text_features(w[None]) for w in W])
+    np.testing.assert_allclose(one_by_one, together, rtol=0, atol=1e-7)
+    np.testing.assert_allclose(shared(W), standard(W), rtol=1e-5)
+    assert shared.queries == standard.queries == 7
+    if memory_cap is not None:
+        assert shared.text_runs > 2 * (7 + 1)  # class blocks, each run a fixed shape
+
+
+def test_fit_uses_the_shared_graph_and_tunes(shared_bundle, tmp_path, run_cli):
+    shots = make_colour_shots(tmp_path / "shots", seed=0)
+    evaluation = make_colour_shots(tmp_path / "eval", seed=1)
+    env = {"EDGE_TUNE_CACHE": str(tmp_path / "cache")}
+    done = run_cli("fit", "--data", shots, "--eval", evaluation, "--bundle", shared_bundle,
+                   "--budget-queries", 300, "--threads", 1, "--out", tmp_path / "run", "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["tuned_accuracy"] >= result["zero_shot_accuracy"] + 0.15, result
+    scored = run_cli("eval", "--bundle", shared_bundle, "--data", evaluation, "--prompt", tmp_path / "run",
+                     "--threads", 1, "--json", env=env)
+    assert scored.returncode == 0, scored.stderr
+    assert json.loads(scored.stdout)["accuracy"] == pytest.approx(result["tuned_accuracy"])
+
+
+def test_int8_converts_the_shared_graph_too(shared_bundle, tmp_path):
+    from edge_tune_export.quantize import quantize_bundle
+
+    manifest = quantize_bundle(shared_bundle, tmp_path / "int8", "int8")
+    assert "text_shared.onnx" in manifest["files"]
+    ops = {node.op_type for node in onnx.load(tmp_path / "int8" / "text_shared.onnx").graph.node}
+    assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops
+    space, standard, shared = objectives(tmp_path / "int8", 4)
+    W = np.zeros((1, space.dim))
+    np.testing.assert_allclose(shared.text_features(W), standard.text_features(W), rtol=0, atol=0.05)
+
+
+def test_bench_speed_measures_the_shared_graph_beside_text_onnx(shared_bundle):
+    from edge_tune.bench import run_speed
+
+    report = run_speed(shared_bundle, classes=4, population=6, threads=1, repeats=1)
+    row = report["rows"]["objective_shared"]
+    assert row["status"] == "ok" and row["queries_per_s"] > 0
+    assert row["note"].startswith("P=5 + S=")
+    assert report["ratios"]["shared_vs_objective"] > 0
