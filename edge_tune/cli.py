@@ -42,9 +42,10 @@ def cli() -> None:
 @click.option("--opset", type=click.IntRange(18), help="ONNX opset [20].")
 @click.option("--token-table", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
               help="Storage of token_embedding.npy; fp16 rounds the model's table first (exact parity).")
-@click.option("--shared-prefix", is_flag=True,
+@click.option("--shared-prefix/--no-shared-prefix", default=True, show_default=True,
               help="Also write text_shared.onnx: each candidate's SOT + context computed once for all its "
-                   "class prompts (same features; ~2x faster fits at 10 classes; fit uses it).")
+                   "class prompts (same features; ~2x faster fits at 10 classes; fit uses it). "
+                   "--no-shared-prefix: a smaller bundle (one text graph fewer), slower fits.")
 @click.option("--quantize", type=click.Choice(["int8", "fp16"]),
               help="Write a smaller bundle: int8 (dynamic, per channel; for CPUs) or fp16 (same as --fp16).")
 @click.option("--fp16", "fp16", is_flag=True,

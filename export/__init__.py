@@ -16,7 +16,7 @@ from edge_tune.errors import EdgeTuneError, ExportError
 
 def export_bundle(name_or_source: str, out: str | Path, *, source_dir: str | Path | None = None,
                   provider: str = "auto", opset: int | None = None, tolerance: float | None = None,
-                  token_table: str = "fp32", shared_prefix: bool = False, quantize: str | None = None,
+                  token_table: str = "fp32", shared_prefix: bool = True, quantize: str | None = None,
                   gate_data: str | Path | None = None, gate_prompt: str | Path | None = None,
                   no_gate: bool = False, max_drop_points: float | None = None, echo=print) -> dict:
     """Export `name_or_source` (registry name, or a save_pretrained dir) to the bundle `out`.
@@ -25,7 +25,7 @@ def export_bundle(name_or_source: str, out: str | Path, *, source_dir: str | Pat
     user learns at export time whether the bundle will run on the provider they asked for.
     `token_table="fp16"` halves the bundle's largest file for small models: the model's own table is
     rounded to fp16 *before* export and parity, so the bundle is exactly the model it describes.
-    `shared_prefix=True` adds `text_shared.onnx`, the text graph that computes each candidate's common
+    `shared_prefix` (default) adds `text_shared.onnx`, the text graph that computes each candidate's common
     prefix once for all its class prompts (same features, parity-checked; ~2x faster tuning on
     ViT-B/16 at 10 classes, docs/bench.md), which `fit` then uses.
     `quantize="int8"|"fp16"`: the fp32 bundle is exported to a staging folder, converted, and gated on

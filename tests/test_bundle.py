@@ -134,7 +134,8 @@ def test_info_reports_model_files_hashes_providers_and_a_timed_forward(tiny_bund
     assert done.returncode == 0, done.stderr
     info = json.loads(done.stdout)
     assert info["model"]["name"] == "tiny-random" and info["hashes_verified"] is True
-    assert set(info["files"]) == {"image.onnx", "text.onnx", "token_embedding.npy", "tokenizer.json"}
+    assert set(info["files"]) == {"image.onnx", "text.onnx", "text_shared.onnx", "token_embedding.npy",
+                                  "tokenizer.json"}
     assert info["providers"]["chosen"] == "cpu" and "cpu" in info["providers"]["available"]
     assert info["text_forward"]["tokens"] == 8
     assert info["text_forward"]["feature_norm"] == pytest.approx(1.0, abs=1e-5)

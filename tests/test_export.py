@@ -93,7 +93,9 @@ def test_export_from_source_dir_passes_parity(tmp_path):
     ids, eot = tokenise(bundle, PROMPTS, 77)
     assert np.abs(ort_text(bundle, ids, eot) - torch_text(model, ids)).max() <= 1e-5
     assert sorted(p.name for p in out.iterdir()) == ["image.onnx", "manifest.json", "text.onnx",
-                                                     "token_embedding.npy", "tokenizer.json"]
+                                                     "text_shared.onnx", "token_embedding.npy",
+                                                     "tokenizer.json"]
+    assert bundle.manifest["parity"]["text_shared_max_abs_diff"] <= 1e-5
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
 
 

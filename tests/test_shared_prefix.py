@@ -1,4 +1,5 @@
-"""text_shared.onnx (`edge-tune export --shared-prefix`): the same features from fewer token rows."""
+"""text_shared.onnx (exported by default; `--no-shared-prefix` leaves it out): the same features
+from fewer token rows."""
 
 from __future__ import annotations
 
@@ -17,12 +18,9 @@ from edge_tune.prompts import PromptSpace
 
 
 @pytest.fixture(scope="module")
-def shared_bundle(tmp_path_factory):
-    out = tmp_path_factory.mktemp("shared") / "bundle"
-    done = export_in_subprocess("tiny-random", out, "--shared-prefix")
-    assert done.returncode == 0, done.stderr
-    assert "parity text_shared (ORT vs get_text_features, 2 prefixes x 4 suffixes): max abs diff" in done.stderr
-    return out
+def shared_bundle(tiny_bundle):
+    """The session's tiny-random bundle: `edge-tune export` writes text_shared.onnx by default."""
+    return tiny_bundle
 
 
 def objectives(bundle_path, classes: int, **options):
@@ -48,8 +46,14 @@ def test_the_bundle_lists_and_checks_the_shared_graph(shared_bundle):
     assert role["edge_tune.role"] == "text_shared"
 
 
-def test_a_bundle_without_it_scores_with_text_onnx(tiny_bundle):
-    assert open_bundle(tiny_bundle).objective_session(provider="cpu").role == "text"
+def test_a_bundle_without_it_scores_with_text_onnx(tmp_path):
+    out = tmp_path / "plain"
+    done = export_in_subprocess("tiny-random", out, "--no-shared-prefix")
+    assert done.returncode == 0, done.stderr
+    assert "text_shared" not in done.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "text_shared" not in manifest["graphs"] and "text_shared.onnx" not in manifest["files"]
+    assert open_bundle(out).objective_session(provider="cpu").role == "text"
 
 
 @pytest.mark.parametrize("classes, memory_cap", [(3, None), (10, None), (40, 2**20)])
