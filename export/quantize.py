@@ -313,6 +313,7 @@ def accuracy_gate(reference: str | Path, candidate: str | Path, eval_data: Any, 
     `eval_data`: a shots-layout folder or a loaded `Dataset`.
     `tuned_prompt`: a run directory or `prompt.npz` from `edge-tune fit` on the fp32 bundle, the
     vector w itself, or (w, prompt-space options) from `short_fit_prompt`; it is scored in both bundles with the same prompt space (init, dim, seed).
+    A candidate with text_shared.onnx is scored through both text graphs and counts by the worse.
     Returns accuracies in percent and `worst_drop_points` = max(fp32 - candidate).
     """
     from edge_tune.bundle import open_bundle
@@ -329,13 +330,20 @@ def accuracy_gate(reference: str | Path, candidate: str | Path, eval_data: Any, 
         features, labels = image_features(bundle, dataset, cache_dir=cache_dir, provider=provider,
                                           threads=threads)
         space = PromptSpace.build(bundle, list(dataset.classnames), **space_options)
-        objective = PromptObjective(bundle.objective_session(provider=provider, threads=threads), space,
-                                    features, labels, logit_scale=bundle.logit_scale)
         W = np.zeros((1 if w is None else 2, space.dim))
         if w is not None:
             W[1] = w
-        _, accuracies = objective.evaluate(W)
-        rows[label] = [100.0 * float(a) for a in accuracies]
+        # the candidate's every text graph must hold: fit scores with text_shared.onnx when the
+        # bundle has it, eval's templates with text.onnx; a candidate counts by its worse one
+        sessions = [bundle.objective_session(provider=provider, threads=threads)]
+        if label == "candidate" and bundle.has_graph("text_shared"):
+            sessions.append(bundle.text_session(provider=provider, threads=threads))
+        worst = None
+        for session in sessions:
+            objective = PromptObjective(session, space, features, labels, logit_scale=bundle.logit_scale)
+            accuracies = objective.evaluate(W)[1]
+            worst = accuracies if worst is None else np.minimum(worst, accuracies)
+        rows[label] = [100.0 * float(a) for a in worst]
     names = ["zero-shot", "tuned"][: len(rows["fp32"])]
     drops = [a - b for a, b in zip(rows["fp32"], rows["candidate"])]
     summary = ", ".join(f"{n} {candidate_name} {a:.1f}% vs fp32 {b:.1f}%"

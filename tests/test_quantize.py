@@ -32,9 +32,9 @@ def _features(bundle_path: Path) -> np.ndarray:
 
 def _damage_text_graph(real_quantize_graph):
     def damaging(src, dst, mode, **kwargs):
-        """Convert, then flip the sign of the text output: every prediction becomes the least likely class."""
+        """Convert, then flip the sign of text.onnx's output: every prediction becomes the least likely class."""
         real_quantize_graph(src, dst, mode, **kwargs)
-        if Path(dst).name == "text.onnx":
+        if Path(dst).name == "text.onnx":  # text_shared.onnx is left intact: the gate checks both
             model = onnx.load(str(dst))
             graph = model.graph
             last = graph.output[0].name
