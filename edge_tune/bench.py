@@ -371,7 +371,7 @@ def run_speed(bundle_path: str | Path, *, classes: int = 10, population: int = 4
     bundle = open_bundle(bundle_path)
     space = PromptSpace.build(bundle, benchmark_classnames(classes), dim=dim, seed=0)
     length, width = space.length, space.text_width
-    from edge_tune.objective import chunk_plan, rows_per_run
+    from edge_tune.objective import rows_per_run
 
     run_rows = rows_per_run(length, width)
     check_memory(estimate_speed_bytes(population, classes, space.dim, length, width, run_rows),
@@ -389,7 +389,7 @@ def run_speed(bundle_path: str | Path, *, classes: int = 10, population: int = 4
     # several-fold on a small machine, which would flatter edge-tune.)
     # (1) edge-tune's objective: truncated to max(EOT)+1, population x classes in fixed-size runs.
     losses = objective(W)  # also the warm-up (arena, prepacking)
-    # (1b) the same through text_shared.onnx, when the bundle has it (`export --shared-prefix`)
+    # (1b) the same through text_shared.onnx, when the bundle has it (not `--no-shared-prefix`)
     shared = None
     if bundle.has_graph("text_shared"):
         shared = PromptObjective(bundle.objective_session(provider=provider, threads=threads), space,
@@ -444,8 +444,7 @@ def run_speed(bundle_path: str | Path, *, classes: int = 10, population: int = 4
     if shared is not None:
         shared_s = statistics.median(shared_times)
         suffix = space.length - space.prefix_length
-        class_size, class_runs = chunk_plan(classes, shared.max_rows)  # as the objective plans it
-        size_c, runs_c = chunk_plan(population, max(1, shared.max_rows // class_size))
+        class_size, class_runs, size_c, runs_c = shared.shared_plan(population)
         rows["objective_shared"] = _speed_row(
             population / shared_s, population * classes / shared_s, shared_s,
             cost.shared_flops(runs_c * size_c * class_runs, class_size, space.prefix_length, suffix),

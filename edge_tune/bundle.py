@@ -34,8 +34,8 @@ SESSION_MEMORY = {"text": {"cpu_arena": True, "prepacking": True},
 GRAPH_SIGNATURES = {
     "text": ({"prompt_embeds": ("tensor(float)", 3), "eot_index": ("tensor(int64)", 1)}, "text_embeds"),
     "image": ({"pixel_values": ("tensor(float)", 4)}, "image_embeds"),
-    # optional (`edge-tune export --shared-prefix`): the text graph with each candidate's common
-    # prefix (SOT + context) computed once for all its class prompts
+    # optional (written by `edge-tune export` unless --no-shared-prefix): the text graph with each
+    # candidate's common prefix (SOT + context) computed once for all its class prompts
     "text_shared": ({"prefix_embeds": ("tensor(float)", 3), "suffix_embeds": ("tensor(float)", 4),
                      "eot_in_suffix": ("tensor(int64)", 2)}, "text_embeds"),
 }

@@ -89,7 +89,8 @@ def export_command(model, source_dir, out, provider, opset, token_table, shared_
         raise ExportError("--gate-data/--gate-prompt/--no-gate apply only with --quantize or --fp16",
                           hint="add --quantize int8 or --fp16, or drop the gate options")
     export_bundle(model, out, source_dir=source_dir, provider=provider, opset=opset,
-                  token_table=token_table, shared_prefix=shared_prefix, quantize=mode, gate_data=gate_data, gate_prompt=gate_prompt,
+                  token_table=token_table, shared_prefix=shared_prefix, quantize=mode, gate_data=gate_data,
+                  gate_prompt=gate_prompt,
                   no_gate=no_gate, max_drop_points=max_drop, echo=lambda line: click.echo(line, err=True))
     click.echo(str(out))
 

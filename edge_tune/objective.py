@@ -5,8 +5,9 @@ size is a pure function of the shapes and the cap (never of timing), the rows ar
 chunks and the last one is padded, so a candidate's loss does not depend on which other candidates
 share its call: batched equals one-by-one (tested) on fp32 and fp16 bundles. An int8 bundle is the
 exception: dynamic quantisation picks each run's activation scale from the whole run, so its values
-agree with one-by-one only to ~2e-2 in the features (manifest `quantization.note`). Everything is float64 except the text-graph
-input, cast to float32 at the ORT boundary (`PromptSpace.prompt_rows`).
+agree with one-by-one only to ~2e-2 in the features (manifest `quantization.batch_dependence`).
+Everything is float64 except the text-graph input, cast to float32 at the ORT boundary
+(`PromptSpace.prompt_rows`).
 """
 
 from __future__ import annotations
@@ -134,8 +135,8 @@ class PromptObjective:
         self.max_rows = rows_per_run(
             space.length, space.text_width, memory_cap=memory_cap, max_prompts=max_prompts_per_run
         )
-        # text_shared.onnx (a bundle exported with --shared-prefix): same features, the prefix
-        # computed once per candidate; runs hold whole candidates x class blocks of <= max_rows prompts
+        # text_shared.onnx (in bundles unless exported with --no-shared-prefix): same features, the
+        # prefix computed once per candidate; runs hold candidates x class blocks (`shared_plan`)
         self.shared_prefix = getattr(self.session, "role", "text") == "text_shared"
         self._suffix_inputs: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
         self.queries = 0  # candidates evaluated by __call__/evaluate
@@ -171,32 +172,31 @@ class PromptObjective:
             start, stop = run * size, min((run + 1) * size, total)
             embeds = self.space.prompt_rows(W, start, stop)
             index = eot[start:stop]
-            if stop - start < size:  # pad with copies of the last row: same shape every run
-                fill = size - (stop - start)
-                embeds = np.concatenate([embeds, np.repeat(embeds[-1:], fill, axis=0)])
-                index = np.concatenate([index, np.repeat(index[-1:], fill)])
+            embeds, index = pad_rows(embeds, size), pad_rows(index, size)  # same shape every run
             result = np.asarray(self.session.run({"prompt_embeds": embeds, "eot_index": index}))
             self.text_runs += 1
             self.prompts_run += size
             out.append(result[: stop - start])
         return np.concatenate(out).reshape(len(W), K, -1).astype(np.float32, copy=False)
 
-    def _shared_text_features(self, W: np.ndarray) -> np.ndarray:
-        """`text_features` through text_shared.onnx: runs of c candidates x k classes, c·k <= max_rows.
+    def shared_plan(self, n: int) -> tuple[int, int, int, int]:
+        """(class block size, class blocks, candidates per run, candidate runs) of text_shared.onnx
+        for n candidates: c candidates x k classes per run, c·k <= max_rows. Classes are split into
+        equal blocks only when K alone exceeds a run; candidates fill the rest."""
+        class_size, class_runs = chunk_plan(self.space.num_classes, self.max_rows)
+        cand_size, cand_runs = chunk_plan(n, max(1, self.max_rows // class_size))
+        return class_size, class_runs, cand_size, cand_runs
 
-        Classes are split into equal blocks only when K alone exceeds a run; candidates fill the rest.
-        Short last blocks are padded with copies, so every run has the same shape.
-        """
+    def _shared_text_features(self, W: np.ndarray) -> np.ndarray:
+        """`text_features` through text_shared.onnx, in the runs of `shared_plan`; short last blocks
+        are padded with copies, so every run has the same shape."""
         K = self.space.num_classes
-        class_size, class_runs = chunk_plan(K, self.max_rows)
-        cand_size, cand_runs = chunk_plan(len(W), max(1, self.max_rows // class_size))
+        class_size, class_runs, cand_size, cand_runs = self.shared_plan(len(W))
         prefixes = self.space.prefixes(W)
         blocks = []
         for c in range(cand_runs):
             start, stop = c * cand_size, min((c + 1) * cand_size, len(W))
-            prefix = prefixes[start:stop]
-            if stop - start < cand_size:
-                prefix = np.concatenate([prefix, np.repeat(prefix[-1:], cand_size - (stop - start), 0)])
+            prefix = pad_rows(prefixes[start:stop], cand_size)
             per_class = []
             for k in range(class_runs):
                 first, last = k * class_size, min((k + 1) * class_size, K)
@@ -221,6 +221,12 @@ class PromptObjective:
                 np.ascontiguousarray(np.broadcast_to(eot[index], (candidates, size))),
             )
         return self._suffix_inputs[key]
+
+
+def pad_rows(array: np.ndarray, size: int) -> np.ndarray:
+    """`array` with copies of its last row appended up to `size` rows (a fixed run shape)."""
+    missing = size - len(array)
+    return array if missing <= 0 else np.concatenate([array, np.repeat(array[-1:], missing, axis=0)])
 
 
 def template_class_features(

@@ -11,6 +11,7 @@ import shutil
 import time
 from pathlib import Path
 
+from edge_tune.atomic import fsync_dir
 from edge_tune.errors import EdgeTuneError, ExportError
 
 
@@ -151,21 +152,13 @@ def _export_quantized(name_or_source: str, out: Path, *, mode: str, gate_data, g
         if out.exists():  # an older copy of the same bundle: swap it out, then remove it
             os.replace(out, work / "previous")
         os.replace(converted, out)
-        _fsync_dir(out.parent)
+        fsync_dir(out.parent)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     sizes = {name: entry["bytes"] for name, entry in manifest["files"].items()}
     echo(f"{mode} bundle written to {out} ({sum(sizes.values()) / 1e6:.1f} MB; fp32 "
          f"{sum(e['bytes'] for e in fp32_manifest['files'].values()) / 1e6:.1f} MB)")
     return json.loads((out / "manifest.json").read_text())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _manifest_head(loaded, format_version: int) -> dict:

@@ -98,7 +98,7 @@ def check_shared_parity(model, bundle_dir: Path, tokenizer_json: bytes, *, eot_i
     p = int(prefix_ids.min())
     if not (prefix_ids == p).all() or not (ids.reshape(n, k, -1)[:, :, :p] == ids.reshape(n, k, -1)[:, :1, :p]).all():
         raise ExportError("the tokenizer does not split the shared-prefix parity prompts at one place",
-                          path=bundle_dir.name, hint="export without --shared-prefix")
+                          path=bundle_dir.name, hint="export with --no-shared-prefix")
     s = int(eot.max()) + 1 - p
     with torch.no_grad():
         ids_t = torch.from_numpy(ids)
@@ -118,5 +118,5 @@ def check_shared_parity(model, bundle_dir: Path, tokenizer_json: bytes, *, eot_i
     if not diff <= tolerance:
         raise ExportError(f"parity check failed: text_shared.onnx differs from PyTorch by {diff:.3g} "
                           f"(tolerance {tolerance:g})", path=bundle_dir.name,
-                          hint="no bundle was written; export without --shared-prefix, and report this model")
+                          hint="no bundle was written; export with --no-shared-prefix, and report this model")
     return {"text_shared_max_abs_diff": diff}

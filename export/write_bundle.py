@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from edge_tune.atomic import fsync_dir, fsync_file
 from edge_tune.bundle import MANIFEST, sha256_file
 from edge_tune.errors import ExportError
 
@@ -61,33 +62,17 @@ def finish_bundle(staging: Path, out: Path, manifest: dict) -> Path:
                          for name in names}
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     for name in (*names, MANIFEST):
-        _fsync(staging / name)
+        fsync_file(staging / name)
     check_target(out, bundle_identity(manifest))
     old = None
     if out.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
         os.replace(out, old / "bundle")
     os.replace(staging, out)
-    _fsync_dir(out.parent)
+    fsync_dir(out.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return out
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 __all__ = ["BUNDLE_FILES", "OPTIONAL_FILES", "check_target", "finish_bundle", "make_staging_dir", "sha256_file"]
