@@ -652,7 +652,7 @@ def memory_case(case: str, bundle_path: str, *, classes: int, population: int, p
         for _ in range(steps):
             tuner.step()
         result["loop_peak_mib"] = peak_rss_mib()
-        result["queries"] = tuner.queries
+        result["queries"] = tuner.state.queries
         result["peak_mib"] = max(result["after_setup_mib"], result["loop_peak_mib"])
     if case == "pytorch_first_order":
         try:

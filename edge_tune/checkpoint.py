@@ -33,7 +33,7 @@ from edge_tune.errors import CheckpointError
 
 STATE_DIR = "state"
 LATEST = "LATEST"
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: one optimiser state per cross-validation fold
 
 
 def load_npz(path: str | Path) -> dict[str, np.ndarray]:
@@ -47,12 +47,12 @@ def load_npz(path: str | Path) -> dict[str, np.ndarray]:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """What `read_checkpoint` gives: its path, the tuner record and arrays, the optimiser state."""
+    """What `read_checkpoint` gives: its path, the tuner record and arrays, the optimiser states."""
 
     path: Path
     record: dict
     arrays: dict[str, np.ndarray]
-    optimizer_state: object
+    optimizer_states: list
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path | None:
@@ -83,7 +83,7 @@ def write_checkpoint(
     step: int,
     record: Mapping[str, object],
     arrays: Mapping[str, np.ndarray],
-    optimizer_state: object,
+    optimizer_states: list,
 ) -> Path:
     """Write a complete checkpoint and make it the current one; keep the old one on failure."""
     from edge_tune.optim import save_state
@@ -95,10 +95,12 @@ def write_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=state))
     final = state / name
     try:
-        save_state(tmp / "optimizer.npz", optimizer_state)
-        fsync_file(tmp / "optimizer.npz")
+        for index, optimizer_state in enumerate(optimizer_states):
+            save_state(tmp / f"optimizer-{index}.npz", optimizer_state)
+            fsync_file(tmp / f"optimizer-{index}.npz")
         atomic_save_npz(tmp / "tuner.npz", arrays)
-        atomic_write_json(tmp / "tuner.json", {"checkpoint_format": CHECKPOINT_FORMAT, **record})
+        atomic_write_json(tmp / "tuner.json", {"checkpoint_format": CHECKPOINT_FORMAT,
+                                               "optimizer_states": len(optimizer_states), **record})
         fsync_dir(tmp)
         os.replace(tmp, final)
         fsync_dir(state)
@@ -147,5 +149,5 @@ def read_checkpoint(run_dir: str | Path) -> Checkpoint:
             path=path / "tuner.json",
             hint="Resume it with the edge-tune version that wrote it",
         )
-    optimizer_state = load_state(path / "optimizer.npz")
-    return Checkpoint(path=path, record=record, arrays=arrays, optimizer_state=optimizer_state)
+    states = [load_state(path / f"optimizer-{i}.npz") for i in range(int(record["optimizer_states"]))]
+    return Checkpoint(path=path, record=record, arrays=arrays, optimizer_states=states)

@@ -1,9 +1,13 @@
-"""The tuned artifact: class text features baked once; prediction is the image graph + one matmul.
+"""The shipped artifact: class text features baked once, plus an optional image head; prediction is
+the image graph, one matmul and the head's closed form.
 
-`classifier.npz` holds the class names, the L2-normalised class text features `f32[K, P]` of the
-tuned prompt, the bundle's logit scale and the bundle hash; the text graph is never needed again.
-A classifier refuses to run with a bundle other than the one it was tuned on (the image features
-of another model live in another space, and the answers would be silently wrong).
+`classifier.npz` (format 2) holds the class names, the L2-normalised class text features `f32[K, P]`
+(the tuned prompt's, or the template's when zero-shot won), the bundle's logit scale and hash, and
+the blend `fit` chose on the shots: logits = text_weight · logit_scale · image · textᵀ +
+head_weight · head(image), the head's arrays stored as `head.<name>` (no pickle). The text graph is
+never needed again. Format 1 files (text only) still load. A classifier refuses to run with a bundle
+other than the one it was made with (the image features of another model live in another space,
+and the answers would be silently wrong).
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from edge_tune.atomic import atomic_save_npz
 from edge_tune.checkpoint import load_npz
 from edge_tune.errors import BundleError, CheckpointError, DataError
 
-CLASSIFIER_FORMAT = 1
+CLASSIFIER_FORMAT = 2
+READABLE_FORMATS = (1, 2)
 BATCH_SIZE = 32  # images per image-graph run: bounded memory, still batched
 
 
@@ -36,12 +41,17 @@ class Prediction:
 
 @dataclass
 class Classifier:
-    """Class text features + logit scale, applied to image features of the same bundle."""
+    """Class text features + logit scale (+ a head), applied to image features of the same bundle."""
 
     classnames: list[str]
     class_features: np.ndarray  # f32[K, P], L2-normalised rows
     logit_scale: float
     bundle_hash: str
+    text_weight: float = 1.0
+    head: str | None = None  # a name of edge_tune.heads.HEADS, or None
+    head_arrays: dict = field(default_factory=dict)
+    head_weight: float = 0.0
+    name: str = "prompt"  # what `fit` shipped: "zero-shot", "prompt + probe", ...
     bundle: object | None = None
     provider: str = "auto"
     threads: int | None = None
@@ -51,16 +61,19 @@ class Classifier:
 
     def save(self, path: str | Path) -> Path:
         """Write `classifier.npz` atomically (no pickle, byte-reproducible)."""
-        return atomic_save_npz(
-            path,
-            {
-                "format_version": np.array(CLASSIFIER_FORMAT, dtype=np.int64),
-                "classnames": np.array(self.classnames, dtype=np.str_),
-                "class_features": np.asarray(self.class_features, dtype=np.float32),
-                "logit_scale": np.array(self.logit_scale, dtype=np.float64),
-                "bundle_hash": np.array(self.bundle_hash, dtype=np.str_),
-            },
-        )
+        arrays = {
+            "format_version": np.array(CLASSIFIER_FORMAT, dtype=np.int64),
+            "classnames": np.array(self.classnames, dtype=np.str_),
+            "class_features": np.asarray(self.class_features, dtype=np.float32),
+            "logit_scale": np.array(self.logit_scale, dtype=np.float64),
+            "bundle_hash": np.array(self.bundle_hash, dtype=np.str_),
+            "name": np.array(self.name, dtype=np.str_),
+            "text_weight": np.array(self.text_weight, dtype=np.float64),
+            "head": np.array(self.head or "", dtype=np.str_),
+            "head_weight": np.array(self.head_weight, dtype=np.float64),
+        }
+        arrays.update({f"head.{key}": np.asarray(v) for key, v in self.head_arrays.items()})
+        return atomic_save_npz(path, arrays)
 
     @classmethod
     def load(
@@ -86,15 +99,32 @@ class Classifier:
             classnames = [str(name) for name in arrays["classnames"]]
             features = np.asarray(arrays["class_features"], dtype=np.float32)
             scale, made_for = float(arrays["logit_scale"]), str(arrays["bundle_hash"])
+            blend = {}
+            if version >= 2:
+                blend = {
+                    "name": str(arrays["name"]),
+                    "text_weight": float(arrays["text_weight"]),
+                    "head": str(arrays["head"]) or None,
+                    "head_weight": float(arrays["head_weight"]),
+                    "head_arrays": {k[5:]: v for k, v in arrays.items() if k.startswith("head.")},
+                }
         except (OSError, ValueError, KeyError) as err:
             raise CheckpointError(
                 f"unreadable classifier ({err})",
                 path=path,
                 hint="Re-run `edge-tune fit` to write it again",
             ) from err
-        if version != CLASSIFIER_FORMAT:
+        if version not in READABLE_FORMATS:
             raise CheckpointError(
-                f"classifier format {version} is not {CLASSIFIER_FORMAT}",
+                f"classifier format {version} is not one of {READABLE_FORMATS}",
+                path=path,
+                hint="Use the edge-tune version that wrote it",
+            )
+        from edge_tune.heads import HEADS
+
+        if blend.get("head") is not None and blend["head"] not in HEADS:
+            raise CheckpointError(
+                f"unknown head {blend['head']!r}",
                 path=path,
                 hint="Use the edge-tune version that wrote it",
             )
@@ -120,6 +150,7 @@ class Classifier:
             class_features=features,
             logit_scale=scale,
             bundle_hash=made_for,
+            **blend,
             bundle=bundle,
             provider=provider,
             threads=threads,
@@ -138,8 +169,15 @@ class Classifier:
         return self._session
 
     def logits(self, image_features: np.ndarray) -> np.ndarray:
-        """`logit_scale · image · textᵀ` for L2-normalised image features `f32[N, P]`."""
-        return self.logit_scale * (np.asarray(image_features, np.float32) @ self.class_features.T)
+        """f64[N, K]: `text_weight · logit_scale · image · textᵀ + head_weight · head(image)` for
+        L2-normalised image features `f32[N, P]`."""
+        X = np.asarray(image_features, np.float64)
+        out = self.text_weight * self.logit_scale * (X @ self.class_features.astype(np.float64).T)
+        if self.head is not None and self.head_weight:
+            from edge_tune.heads import apply_head
+
+            out += self.head_weight * apply_head(self.head, self.head_arrays, X)
+        return out
 
     def probabilities_from_features(self, image_features: np.ndarray) -> np.ndarray:
         logits = self.logits(image_features).astype(np.float64)

@@ -21,6 +21,8 @@ from pathlib import Path  # noqa: E402
 import click  # noqa: E402
 
 from edge_tune.errors import EdgeTuneError  # noqa: E402
+from edge_tune.fit import HEAD_CHOICES, PRESETS, TUNE_FOR  # noqa: E402
+from edge_tune.optim import OPTIMIZERS  # noqa: E402
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -148,15 +150,17 @@ def info_command(bundle_dir, provider, threads, as_json) -> None:
 @click.option("--template", default="a photo of a {}.", show_default=True,
               help="Zero-shot prompt; {} is replaced by the class name.")
 @click.option("--prompt", "prompt_path", type=click.Path(path_type=Path),
-              help="A tuned prompt instead of the template: a fit run folder or its prompt.npz.")
+              help="A tuned prompt alone instead of the template: a fit run folder or its prompt.npz.")
+@click.option("--run", "run_path", type=click.Path(path_type=Path),
+              help="What a fit run shipped (its classifier.npz: prompt or template, plus a head).")
 @click.option("--strict", is_flag=True, help="Fail on unreadable images instead of skipping them.")
 @click.option("--cache-dir", type=click.Path(path_type=Path),
               help="Image-feature cache [$EDGE_TUNE_CACHE, else ~/.cache/edge-tune].")
 @click.option("--provider", default="auto", show_default=True, help="Execution provider.")
 @click.option("--threads", type=click.IntRange(1), help="ORT intra-op threads.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def eval_command(bundle_dir, data_dir, template, prompt_path, strict, cache_dir, provider, threads,
-                 as_json) -> None:
+def eval_command(bundle_dir, data_dir, template, prompt_path, run_path, strict, cache_dir,
+                 provider, threads, as_json) -> None:
     """Accuracy of a zero-shot template or a tuned prompt on a folder of labelled images.
 
     \b
@@ -164,24 +168,28 @@ def eval_command(bundle_dir, data_dir, template, prompt_path, strict, cache_dir,
       edge-tune eval --bundle B --data ./test
       edge-tune eval --bundle B --data ./test --template "a blurry photo of a {}."
       edge-tune eval --bundle B --data ./test --prompt runs/pets --json
+      edge-tune eval --bundle B --data ./test --run runs/pets
     """
     from edge_tune.bundle import open_bundle
     from edge_tune.data import load_shots
     from edge_tune.fit import resolve_bundle
     from edge_tune.objective import evaluate_dataset
 
+    if prompt_path is not None and run_path is not None:
+        raise click.UsageError("give --prompt or --run, not both")
     bundle = open_bundle(resolve_bundle(bundle_dir))
     dataset = load_shots(data_dir, strict=strict)
     if dataset.report():
         click.echo(dataset.report(), err=True)
     with _EncodingBar() as progress:
         result = evaluate_dataset(bundle, dataset, template=template, prompt=prompt_path,
-                                  cache_dir=cache_dir, provider=provider, threads=threads,
+                                  run=run_path, cache_dir=cache_dir, provider=provider, threads=threads,
                                   progress=progress)
     if as_json:
         click.echo(json.dumps(result))
         return
     what = (f"prompt {result['prompt']}" if "prompt" in result
+            else f"run {result['run']}: {result['shipped']}" if "run" in result
             else f"template {result['template']!r}")
     click.echo(f"accuracy {100 * result['accuracy']:.1f}% ({result['correct']}/{result['images']} "
                f"images, {result['classes']} classes, {what}); "
@@ -216,28 +224,33 @@ class _EncodingBar:
 @cli.command()
 @click.option("--data", type=click.Path(path_type=Path), help="Shots folder: DATA/<class>/*.jpg.")
 @click.option("--eval", "eval_dir", type=click.Path(path_type=Path),
-              help="Validation folder with the same classes (default: a hold-out of the shots).")
-@click.option("--val-fraction", type=float, help="Hold-out fraction of the shots [0.2; 0 = none].")
+              help="Labelled folder to report accuracy on (never used for any choice).")
 @click.option("--bundle", type=click.Path(path_type=Path),
               help="Bundle directory [$EDGE_TUNE_BUNDLE, else the shipped mini-world bundle].")
-@click.option("--preset", type=click.Choice(["edge", "paper"]), help="Optimiser preset [edge].")
-@click.option("--optimizer", type=click.Choice(["sharpzo", "cma", "zo", "spsa-clip"]),
-              help="Optimiser [sharpzo].")
-@click.option("--budget-queries", type=click.IntRange(1), help="Optimiser queries [2000].")
+@click.option("--head", type=click.Choice(list(HEAD_CHOICES)),
+              help="Image heads to consider beside the prompt [auto: all of them].")
+@click.option("--tune-for", type=click.Choice(list(TUNE_FOR)),
+              help="Score candidate prompts alone, or through the prompt + head hybrid [prompt].")
+@click.option("--folds", type=click.IntRange(2), help="Cross-validation folds of the shots [4].")
+@click.option("--preset", type=click.Choice(list(PRESETS)), help="Optimiser preset [edge].")
+@click.option("--optimizer", type=click.Choice(list(OPTIMIZERS)), help="Optimiser [sharpzo].")
+@click.option("--budget-queries", type=click.IntRange(1),
+              help="Optimiser queries over all folds [2000].")
 @click.option("--budget-time", help="Tuning time, e.g. 90s, 20m, 1h30m.")
-@click.option("--seed", type=int, help="Seed of the optimiser, projection and hold-out [0].")
+@click.option("--seed", type=int, help="Seed of the folds, optimisers and projection [0].")
 @click.option("--provider", default="auto", show_default=True, help="Execution provider.")
 @click.option("--threads", type=click.IntRange(1), help="ORT intra-op threads.")
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory [runs/<timestamp>].")
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue an interrupted run.")
 @click.option("--checkpoint-every", help="Time between checkpoints [60s].")
-@click.option("--eval-every", type=click.IntRange(1), help="Steps between evaluations [10].")
-@click.option("--select", type=click.Choice(["best", "final"]),
-              help="Prompt to keep: the final one, or the best on validation [final].")
+@click.option("--eval-every", type=click.IntRange(1),
+              help="Rounds (a step of every fold) between evaluations [10].")
 @click.option("--json", "as_json", is_flag=True, help="Print result.json on stdout.")
-def fit(data, eval_dir, val_fraction, bundle, preset, optimizer, budget_queries, budget_time, seed,
-        provider, threads, out, resume, checkpoint_every, eval_every, select, as_json) -> None:
-    """Tune the prompt to your shots with forward passes only, and write a classifier.
+def fit(data, eval_dir, bundle, head, tune_for, folds, preset, optimizer, budget_queries,
+        budget_time, seed, provider, threads, out, resume, checkpoint_every, eval_every,
+        as_json) -> None:
+    """Tune the prompt to your shots with forward passes only, and ship the best classifier the
+    shots can prove: zero-shot, an image head, the tuned prompt, or prompt + head.
 
     \b
     Examples:
@@ -245,32 +258,30 @@ def fit(data, eval_dir, val_fraction, bundle, preset, optimizer, budget_queries,
       edge-tune fit --data ./shots --eval ./eval --budget-time 20m --out runs/pets
       edge-tune fit --resume runs/pets
     """
-    from edge_tune.fit import Budget, FitConfig, Tuner, new_run_dir, parse_duration, resolve_bundle
+    from edge_tune.fit import FitConfig, Tuner, new_run_dir, parse_duration, resolve_bundle
     from edge_tune.fit import stop_on_signals
     from edge_tune.report import Progress, encoding_progress, format_summary
 
     seconds = parse_duration(budget_time) if budget_time else None
     if resume is not None:
         fixed = {"--out": out, "--preset": preset, "--optimizer": optimizer, "--seed": seed,
-                 "--val-fraction": val_fraction, "--eval-every": eval_every, "--select": select,
-                 "--checkpoint-every": checkpoint_every}
+                 "--head": head, "--tune-for": tune_for, "--folds": folds,
+                 "--eval-every": eval_every, "--checkpoint-every": checkpoint_every}
         given = [name for name, value in fixed.items() if value is not None]
         if given:
             raise EdgeTuneError(f"{', '.join(given)} cannot change when resuming", path=resume,
                                 hint="Resume with the run's own settings, or start a new run")
-        tuner = Tuner.load(resume, bundle=bundle, shots=data, eval_set=eval_dir, provider=provider,
-                           threads=threads, feature_progress=encoding_progress())
+        tuner = Tuner.resume(resume, bundle=bundle, shots=data, eval_set=eval_dir,
+                             budget_queries=budget_queries, budget_seconds=seconds,
+                             provider=provider, threads=threads,
+                             feature_progress=encoding_progress())
         run_dir = resume
-        budget = Budget(budget_queries if budget_queries is not None else tuner.budget.queries,
-                        seconds if seconds is not None else tuner.budget.seconds)
     else:
         if data is None:
             raise click.UsageError("--data DIR is required (or --resume RUN)")
-        if eval_dir is not None and val_fraction is not None:
-            raise click.UsageError("give --eval or --val-fraction, not both")
         every = parse_duration(checkpoint_every) if checkpoint_every else None
-        chosen = {"optimizer": optimizer, "preset": preset, "seed": seed,
-                  "val_fraction": val_fraction, "eval_every": eval_every, "select": select,
+        chosen = {"optimizer": optimizer, "preset": preset, "seed": seed, "head": head,
+                  "tune_for": tune_for, "folds": folds, "eval_every": eval_every,
                   "checkpoint_every": every}
         chosen = {key: value for key, value in chosen.items() if value is not None}
         if budget_queries is not None or seconds is not None:  # else FitConfig's default budget
@@ -279,10 +290,10 @@ def fit(data, eval_dir, val_fraction, bundle, preset, optimizer, budget_queries,
         tuner = Tuner(resolve_bundle(bundle), data, eval_set=eval_dir, config=FitConfig(**chosen),
                       run_dir=run_dir, provider=provider, threads=threads,
                       feature_progress=encoding_progress())
-        budget = tuner.budget
     for dataset in tuner.datasets.values():
         if dataset is not None and dataset.report():
             click.echo(dataset.report(), err=True)
+    budget = tuner.budget
     progress = Progress(budget_queries=budget.queries, budget_seconds=budget.seconds)
 
     def show(tuner, info) -> None:
@@ -293,10 +304,10 @@ def fit(data, eval_dir, val_fraction, bundle, preset, optimizer, budget_queries,
 
     newline = "\n" if progress.enabled else ""
     with stop_on_signals(tuner, notify=lambda text: click.echo(newline + text, err=True)) as caught:
-        tuner.run(callback=show, budget=budget)
+        tuner.run(callback=show)
     progress.close()
     if caught:
-        click.echo(f"Stopped after {tuner.queries} queries; checkpoint saved in {run_dir}. "
+        click.echo(f"Stopped after {tuner.state.queries} queries; checkpoint saved in {run_dir}. "
                    f"Continue with: edge-tune fit --resume {run_dir}", err=True)
         sys.exit(128 + caught[0])
     result = tuner.finish()

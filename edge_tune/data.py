@@ -140,34 +140,6 @@ def load_eval(root: str | Path, train: Dataset, *, strict: bool = False) -> Data
     return evaluation
 
 
-def split_holdout(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
-    """Stratified seeded split: ~`fraction` of each class held out, at least one kept to train."""
-    if not 0.0 < fraction < 1.0:
-        raise DataError(
-            f"hold-out fraction {fraction} is not between 0 and 1",
-            path=ds.root,
-            hint="Use e.g. --val-fraction 0.25",
-        )
-    rng = np.random.default_rng(seed)
-    by_class = _by_label(ds.samples)
-    train, held, notes = [], [], []
-    for label in range(len(ds.classnames)):
-        items = by_class.get(label, [])
-        order = rng.permutation(len(items))
-        n_held = min(int(round(fraction * len(items))), len(items) - 1)
-        if n_held == 0 and len(items) >= 2:
-            n_held = 1
-        if n_held == 0:
-            notes.append(f"class {ds.classnames[label]!r} has {len(items)} image(s), none held out")
-        held_idx = set(order[:n_held].tolist())
-        for i, sample in enumerate(items):
-            (held if i in held_idx else train).append(sample)
-    return (
-        replace(ds, samples=train, notes=ds.notes + tuple(notes)),
-        replace(ds, samples=held, skipped=(), notes=()),
-    )
-
-
 def load_dassl_split(
     split_json: str | Path, image_root: str | Path, *, shots: int = 16, seed: int = 1
 ) -> tuple[Dataset, Dataset, Dataset]:

@@ -108,10 +108,6 @@ class FeatureExtractor:
                 progress(min(start + self.batch_size, len(todo)), len(todo))
         return features
 
-    def release(self) -> None:
-        """Drop the image session (its memory) once the cache is filled."""
-        self._session = None
-
     # --- internals ------------------------------------------------------------------------------
     def _run(self, pixels: np.ndarray) -> np.ndarray:
         if self._session is None:

@@ -1,16 +1,24 @@
-"""The tuning loop: shots in, a tuned prompt and classifier out, forward passes only.
+"""The tuning loop: shots in, the best classifier the shots can prove out, forward passes only.
 
-Read it top to bottom like nanoGPT's train.py: a `FitConfig`, then a `Tuner` that caches the image
-features once (and lets the image session go), builds the prompt space and the batched objective,
-and repeats `W = ask(state); losses = objective(W); state = tell(state, losses)` until a budget in
-queries or seconds runs out. Every `eval_every` steps it measures train and validation accuracy of
-the current prompt, logs a line to metrics.jsonl, tracks the best-on-validation prompt and feeds the
-validation accuracy to `tell` (SharpZO's switch rule). Checkpoints (every `checkpoint_every`
-seconds and at the end) make an interrupted run resume to a bit-identical result.
+Read it top to bottom like nanoGPT's train.py. `Tuner` caches the image features once, deals the
+shots into k stratified folds, fits the cheap heads (nearest class mean, GDA, a logistic probe,
+Tip-Adapter) in closed form and scores them out of fold, then tunes one prompt per fold on the other
+folds — interleaved, so every budget spreads evenly over the folds:
+
+    fold = the fold with the fewest queries so far
+    W = ask(state[fold]); losses = objective[fold](W); state[fold] = tell(state[fold], losses)
+
+Each fold's objective scores a candidate prompt alone, or (`tune_for="hybrid"`) through the hybrid it
+would become (text logits + the best head's out-of-fold logits), so the prompt learns what the head
+cannot. Every
+`eval_every` rounds each fold's prompt is scored on its held-out fold (the cross-validated accuracy,
+which also feeds SharpZO's plateau switch) and, if an `eval_set` was given, on it — a report only.
+`finish()` compares zero-shot, every head, zero-shot + head, the tuned prompt (the fold prompts'
+ensemble) and prompt + head on the same folds and ships the best (`edge_tune.select`).
 
     tuner = Tuner("models/miniworld/bundle", "shots/", config=FitConfig(budget_queries=2000))
     tuner.run()
-    classifier = tuner.classifier()
+    result = tuner.finish()
 """
 
 from __future__ import annotations
@@ -26,25 +34,25 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 
-from edge_tune.atomic import atomic_save_npz, atomic_write_json
+from edge_tune import select
+from edge_tune.atomic import atomic_write_json
 from edge_tune.blas import loop_blas_threads
-from edge_tune.checkpoint import (
-    checkpoint_dir,
-    read_checkpoint,
-    write_checkpoint,
-)
+from edge_tune.checkpoint import checkpoint_dir, read_checkpoint, write_checkpoint
 from edge_tune.errors import CheckpointError, DataError, EdgeTuneError
+from edge_tune.heads import HEAD_NAMES, apply_head, fit_head
+from edge_tune.objective import PromptObjective, ensemble, score
 from edge_tune.report import MetricsLog, draw_curve, read_metrics
 
 PRESETS = ("edge", "paper")
-SELECTIONS = ("best", "final")
+HEAD_CHOICES = ("auto", "none", *HEAD_NAMES)
+TUNE_FOR = ("hybrid", "prompt")
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "models" / "miniworld" / "bundle"
-RESULT_FORMAT = 1
+RESULT_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -54,19 +62,17 @@ class FitConfig:
     optimizer: str = "sharpzo"
     preset: str = "edge"
     seed: int = 0
-    budget_queries: int | None = (
-        2000  # optimiser queries (candidate prompts evaluated); None: no cap
-    )
-    budget_seconds: float | None = (
-        None  # seconds of tuning (feature caching excluded); None: no cap
-    )
-    val_fraction: float = 0.2  # hold-out of the shots for validation when no eval set is given
-    eval_every: int = 10  # steps between evaluations of the current prompt (train + validation)
+    budget_queries: int | None = 2000  # optimiser queries over all folds; None: no cap
+    budget_seconds: float | None = None  # seconds of tuning (feature caching excluded); None: no cap
+    folds: int = select.DEFAULT_FOLDS  # cross-validation folds of the shots (fewer if few images)
+    head: str = "auto"  # the image heads to consider: auto (all), none, or one of HEAD_NAMES
+    # Score candidate prompts alone ("prompt", then blend a head on) or through the hybrid they
+    # would become ("hybrid"). DEVIATION(issue 18's proposal): "prompt" is the default because on 9
+    # mini-world tasks x 3 seeds prompt-then-head beat hybrid-aware tuning by 0.5-1 point at 4 and
+    # 16 shots (docs/accuracy.md, "Hybrid-aware tuning").
+    tune_for: str = "prompt"
+    eval_every: int = 10  # rounds (one step of every fold) between evaluations
     checkpoint_every: float = 60.0  # seconds between checkpoints (and one at the end)
-    # Which prompt the artifact holds. "final" by default: on the mini-world benchmark the best-on-
-    # validation prompt was 0-5.5 points below the final one (a 30-image hold-out, scored every 10
-    # steps, picks noise; docs/accuracy.md), and with --eval it would be chosen on the test set.
-    select: str = "final"
     init: str = "a photo of a"  # phrase whose token embeddings initialise the context
     prompt_dim: int = 512  # d, the tuned vector's size (SharpZO Table 8)
     projection_std: float | None = None  # std of the projection A; None: the prompt space's default
@@ -76,24 +82,28 @@ class FitConfig:
         from edge_tune.optim import OPTIMIZERS
 
         problems = []
-        if self.optimizer not in OPTIMIZERS:
-            problems.append(f"optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
-        if self.preset not in PRESETS:
-            problems.append(f"preset {self.preset!r} is not one of {', '.join(PRESETS)}")
-        if self.select not in SELECTIONS:
-            problems.append(f"select {self.select!r} is not one of {', '.join(SELECTIONS)}")
+        for name, value, allowed in (("optimizer", self.optimizer, OPTIMIZERS),
+                                     ("preset", self.preset, PRESETS),
+                                     ("head", self.head, HEAD_CHOICES),
+                                     ("tune_for", self.tune_for, TUNE_FOR)):
+            if value not in allowed:
+                problems.append(f"{name} {value!r} is not one of {', '.join(allowed)}")
         if self.budget_queries is not None and self.budget_queries < 1:
             problems.append(f"budget_queries must be at least 1, got {self.budget_queries}")
         if self.budget_seconds is not None and not self.budget_seconds > 0:
             problems.append(f"budget_seconds must be positive, got {self.budget_seconds}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            problems.append(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.folds < 2:
+            problems.append(f"folds must be at least 2, got {self.folds}")
         if self.eval_every < 1:
             problems.append(f"eval_every must be at least 1, got {self.eval_every}")
         if not self.checkpoint_every > 0:
             problems.append(f"checkpoint_every must be positive, got {self.checkpoint_every}")
         if problems:
             raise EdgeTuneError("; ".join(problems), hint="Fix the fit settings")
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        return {"auto": HEAD_NAMES, "none": ()}.get(self.head, (self.head,))
 
 
 @dataclass(frozen=True)
@@ -104,23 +114,51 @@ class Budget:
     seconds: float | None = None
 
 
+@dataclass
+class RunState:
+    """The whole mutable state of a run besides the optimiser states: saved and restored as one."""
+
+    folds: int
+    step: int = 0  # optimiser steps, all folds
+    queries: int = 0  # optimiser queries: candidate prompts scored on a fold's training shots
+    eval_queries: int = 0  # prompts scored to measure accuracy (not counted in the budget)
+    seconds: float = 0.0  # tuning time, summed over resumed sessions
+    finished: bool = False  # True once a budget ran out (not after stop())
+    fold_queries: list = field(default_factory=list)
+    fold_steps: list = field(default_factory=list)
+    stages: list = field(default_factory=list)
+    pending_val: list = field(default_factory=list)  # a fold's held-out accuracy for its next tell
+    last_eval: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, value in (("fold_queries", 0), ("fold_steps", 0), ("stages", "start"),
+                            ("pending_val", None)):
+            if not getattr(self, name):
+                setattr(self, name, [value] * self.folds)
+
+    def to_record(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, record: dict) -> RunState:
+        return cls(**{f.name: record[f.name] for f in fields(cls)})
+
+
 @dataclass(frozen=True)
 class FitState:
     """A snapshot of a run, for callbacks, progress lines and apps (`Tuner.state`)."""
 
     step: int
-    queries: int  # optimiser queries: candidate prompts evaluated on the training shots
-    eval_queries: int  # prompts evaluated to measure accuracy (not counted in the budget)
-    seconds: float  # tuning time, summed over resumed sessions
-    stage: str
-    train_loss: float | None
+    queries: int
+    eval_queries: int
+    seconds: float
+    stage: str  # the stage of the fold that stepped last (SharpZO: warmup, sparse-zo)
+    train_loss: float | None  # mean over folds, on each fold's training shots
     train_accuracy: float | None
-    val_accuracy: float | None
-    zero_shot_accuracy: float  # on the validation set when there is one, else on the shots
-    best_val_accuracy: float | None
-    best_step: int | None
-    params: np.ndarray = field(repr=False)
-    finished: bool  # True once a budget ran out (not after stop())
+    val_accuracy: float | None  # cross-validated: each fold's prompt on its held-out fold
+    eval_accuracy: float | None  # on --eval, report only
+    zero_shot_accuracy: float  # cross-validated (the template needs no training)
+    finished: bool
 
 
 # --- small pure helpers ------------------------------------------------------------------------
@@ -209,16 +247,32 @@ def return_free_memory() -> None:
         pass
 
 
+def fold_seed(seed: int, fold: int) -> int:
+    """The optimiser seed of fold `fold`: distinct per fold, a pure function of (seed, fold)."""
+    return int(np.random.SeedSequence([int(seed), int(fold)]).generate_state(1)[0])
+
+
+def _refuse_if_changed(run_dir, what: str, mine: str | None, theirs: str | None) -> None:
+    if mine != theirs:  # checked before anything is computed or written
+        raise CheckpointError(
+            f"the run was made with {what} (hash {str(theirs)[:12]}, now {str(mine)[:12]}); "
+            "nothing was changed",
+            path=run_dir,
+            hint=f"Resume with the {what.split(' ', 1)[1]} it was made with, "
+            "or start a new run with --out",
+        )
+
+
 # --- the tuner --------------------------------------------------------------------------------
 
 
 class Tuner:
-    """A prompt-tuning run over one bundle and one set of shots; `run()` it or `step()` it yourself.
+    """A run over one bundle and one set of shots; `run()` it, then `finish()` it.
 
     Args:
         bundle: a bundle directory or an opened `Bundle`.
         shots: a shots folder (`shots/<class>/*.jpg`) or a loaded `Dataset`.
-        eval_set: a folder or `Dataset` to validate on; else `config.val_fraction` of the shots.
+        eval_set: a folder or `Dataset` to report accuracy on (never used for any choice).
         run_dir: where checkpoints, metrics.jsonl and artifacts go (None: keep it in memory).
     """
 
@@ -234,11 +288,11 @@ class Tuner:
         threads: int | None = None,
         cache_dir: str | Path | None = None,
         feature_progress=None,
+        _expect: dict | None = None,  # Tuner.resume: the hashes the run was made with
     ):
         from edge_tune.bundle import Bundle, open_bundle
-        from edge_tune.data import load_eval, load_shots, split_holdout
+        from edge_tune.data import load_eval, load_shots
         from edge_tune.features import image_features
-        from edge_tune.objective import PromptObjective
         from edge_tune.optim import make_optimizer
         from edge_tune.prompts import PromptSpace
 
@@ -252,53 +306,54 @@ class Tuner:
                 path=shots.root,
                 hint="Add a folder of photos for each other class",
             )
-        self.data_hash = dataset_hash(shots)
+        single = [name for name, n in zip(shots.classnames, shots.counts()) if n < 2]
+        if single:  # such a class has no second photo for a fold to validate a head or prompt on
+            note = (f"{len(single)} class(es) with one photo ({', '.join(map(repr, single[:3]))}"
+                    f"{', ...' if len(single) > 3 else ''}): cross-validation cannot see what a "
+                    "head or a tuned prompt gains for them, so fit leans to zero-shot; add a "
+                    "second photo")
+            shots = replace(shots, notes=(*shots.notes, note))
+        if eval_set is not None and not hasattr(eval_set, "samples"):
+            eval_set = load_eval(eval_set, shots)
+        elif eval_set is not None and list(eval_set.classnames) != list(shots.classnames):
+            raise DataError(
+                "evaluation classes differ from the training classes",
+                path=eval_set.root,
+                hint="Use the same class folders for both",
+            )
+        self.hashes = {
+            "bundle_hash": self.bundle.bundle_hash,
+            "data_hash": dataset_hash(shots),
+            "eval_hash": None if eval_set is None else dataset_hash(eval_set),
+        }
+        for key, what in (("bundle_hash", "another bundle"), ("data_hash", "other data"),
+                          ("eval_hash", "other evaluation data")):
+            if _expect is not None:
+                _refuse_if_changed(_expect["run_dir"], what, self.hashes[key], _expect[key])
         self.sources = {
             "bundle": str(Path(self.bundle.path).resolve()),
             "data": str(Path(shots.root).resolve()),
-            "eval": None,
+            "eval": None if eval_set is None else str(Path(eval_set.root).resolve()),
         }
-        if eval_set is not None:
-            if not hasattr(eval_set, "samples"):
-                eval_set = load_eval(eval_set, shots)
-            elif list(eval_set.classnames) != list(shots.classnames):
-                raise DataError(
-                    "evaluation classes differ from the training classes",
-                    path=eval_set.root,
-                    hint="Use the same class folders for both",
-                )
-            self.sources["eval"] = str(Path(eval_set.root).resolve())
-            train, val = shots, eval_set
-        elif config.val_fraction > 0:
-            train, val = split_holdout(shots, config.val_fraction, config.seed)
-        else:
-            train, val = shots, None
-        self.eval_hash = dataset_hash(eval_set) if eval_set is not None else None
         self.datasets = {"shots": shots, "eval": eval_set}  # for the CLI to report skipped files
         self.classnames = list(shots.classnames)
+        K = len(self.classnames)
 
         # Image features once (from the on-disk cache when possible); the image session is not kept.
         def features(dataset):
-            return image_features(
-                self.bundle,
-                dataset,
-                cache_dir=cache_dir,
-                provider=provider,
-                threads=threads,
-                progress=feature_progress,
-            )
+            X, y = image_features(self.bundle, dataset, cache_dir=cache_dir, provider=provider,
+                                  threads=threads, progress=feature_progress)
+            return X.astype(np.float64), y
 
-        train_x, train_y = features(train)
-        val_xy = features(val) if val is not None else None
+        self.X, self.y = features(shots)
+        self.eval_xy = features(eval_set) if eval_set is not None else None
+        k = select.fold_count(len(self.y), config.folds)
+        self.folds = select.stratified_folds(self.y, k, config.seed)
 
-        # The prompt space and one text session shared by the training and validation objectives.
+        # The prompt space and one text session for every fold's objective.
         self.space = PromptSpace.build(
-            self.bundle,
-            self.classnames,
-            init=config.init,
-            dim=config.prompt_dim,
-            projection_std=config.projection_std,
-            seed=config.seed,
+            self.bundle, self.classnames, init=config.init, dim=config.prompt_dim,
+            projection_std=config.projection_std, seed=config.seed,
             parameterisation=config.parameterisation,
         )
         # The loop needs neither the tokenizer nor the image session's freed heap: hand both back
@@ -306,62 +361,58 @@ class Tuner:
         self.bundle.release_tokenizer()
         return_free_memory()
         self.text_session = self.bundle.objective_session(provider=provider, threads=threads)
-        scale = self.bundle.logit_scale
-        self.objective = PromptObjective(
-            self.text_session, self.space, train_x, train_y, logit_scale=scale
-        )
-        self.val_objective = None
-        if val_xy is not None:
-            self.val_objective = PromptObjective(
-                self.text_session, self.space, *val_xy, logit_scale=scale
-            )
-        self.num_train, self.num_val = len(train_y), (0 if val is None else len(val.samples))
+        self.scale = float(self.bundle.logit_scale)
+        self.scorer = PromptObjective(self.text_session, self.space, self.X, self.y,
+                                      logit_scale=self.scale)
 
-        self.optimizer = make_optimizer(
-            config.optimizer, self.space.dim, preset=config.preset, seed=config.seed
-        )
-        self.opt_state = self.optimizer.init(np.zeros(self.space.dim))
+        # Zero-shot (w = 0, the template prompt) and every cheap head, scored out of fold.
+        self.zero_shot_features = self.scorer.class_features(np.zeros(self.space.dim))
+        zero_logits = self.scale * self.X @ self.zero_shot_features.astype(np.float64).T
+        self.cheap = [select.text_alone("zero-shot", zero_logits, self.y)]
+        self.head_logits: dict[str, np.ndarray] = {}  # out-of-fold, at the chosen hyper-parameters
+        for name in config.heads:
+            alone, blend, logits = select.tune_head(name, self.X, self.y, K, self.folds,
+                                                    "zero-shot", zero_logits)
+            self.cheap += [alone, blend]
+            self.head_logits[name] = logits
+        blends = [b for b in self.cheap if b.text and b.head]
+        self.tuning_blend = (select.choose(blends) if blends and config.tune_for == "hybrid"
+                             else None)
+        self.offset_weight = (0.0 if self.tuning_blend is None
+                              else select.tuning_offset_weight(self.tuning_blend))
 
-        # Zero-shot: the template prompt itself (w = 0), the line every curve is read against.
-        zero = self._evaluate(np.zeros(self.space.dim))
-        self.zero_shot = zero
-        self.step_count = 0
-        self.queries = 0
-        self.eval_queries = 0
-        self.seconds = 0.0
-        self.stage = "start"
-        self.last_eval = {**zero, "step": None}
-        self.best_w = np.zeros(self.space.dim)
-        self.best_val_accuracy = zero["val_accuracy"]
-        self.best_step: int | None = 0 if val is not None else None
-        self.finished = False
-        self._stop_requested = False
+        # One objective per fold: its training folds, scored through the hybrid they would become.
+        self.objectives, self.val_offsets = [], []
+        for fold in range(k):
+            train = self.folds != fold
+            offset = val_offset = None
+            if self.offset_weight:
+                head, hyper = self.tuning_blend.head, self.tuning_blend.hyper
+                nested = select.out_of_fold_head(head, hyper, self.X, self.y, K, self.folds,
+                                                 skip=fold)
+                offset = self.offset_weight * nested[train]
+                val_offset = self.offset_weight * self.head_logits[head][~train]
+            self.objectives.append(PromptObjective(
+                self.text_session, self.space, self.X[train], self.y[train],
+                logit_scale=self.scale, offset=offset))
+            self.val_offsets.append(val_offset)
+        self.optimizers = [
+            make_optimizer(config.optimizer, self.space.dim, preset=config.preset,
+                           seed=fold_seed(config.seed, fold))
+            for fold in range(k)
+        ]
+        self.opt_states = [opt.init(np.zeros(self.space.dim)) for opt in self.optimizers]
+        self.run_state = RunState(folds=k, eval_queries=1)  # 1: the zero-shot features
         self.history: list[dict] = []
+        self._texts: tuple[int, list[np.ndarray]] | None = None  # (step, fold prompts' features)
+        self._stop_requested = False
         self.run_dir: Path | None = None
         self.metrics: MetricsLog | None = None
+        self._evaluate()
         if run_dir is not None:
             self.attach(run_dir)
 
     # -- the loop ------------------------------------------------------------------------------
-
-    def step(self) -> dict:
-        """One optimiser step (one batched objective call); returns the optimiser's info."""
-        return self._step(self.optimizer.ask(self.opt_state))
-
-    def _step(self, candidates: np.ndarray) -> dict:
-        started = time.perf_counter()
-        val_accuracy = None
-        if self.step_count % self.config.eval_every == 0:
-            val_accuracy = self._log_evaluation()["val_accuracy"]
-        losses = self.objective(candidates)
-        self.opt_state, info = self.optimizer.tell(
-            self.opt_state, losses, val_accuracy=val_accuracy
-        )
-        self.queries += len(candidates)
-        self.step_count += 1
-        self.stage = str(info.get("stage", self.stage))
-        self.seconds += time.perf_counter() - started
-        return info
 
     def run(
         self,
@@ -371,118 +422,156 @@ class Tuner:
         """Step until the budget runs out, `stop()` is called or `callback` returns False."""
         if budget is not None:
             self.budget = budget
-        self._stop_requested = self.finished = False
+        rs = self.run_state
+        self._stop_requested = rs.finished = False
+        last_checkpoint = time.monotonic()
         with loop_blas_threads():
-            self._loop(callback)
+            while not self._stop_requested:
+                fold, candidates = self._next()
+                if self._budget_exhausted(len(candidates)):
+                    rs.finished = True
+                    break
+                info = self._step(fold, candidates)
+                self._check_time_budget_fits_a_step()
+                if callback is not None and callback(self, info) is False:
+                    break
+                if (self.run_dir is not None
+                        and time.monotonic() - last_checkpoint >= self.config.checkpoint_every):
+                    self.save()
+                    last_checkpoint = time.monotonic()
         if self.run_dir is not None:
             self.save()
         return self.state
 
-    def _loop(self, callback) -> None:
-        """The steps of `run`, checkpointing every `checkpoint_every` seconds."""
-        last_checkpoint = time.monotonic()
-        while not self._stop_requested:
-            candidates = self.optimizer.ask(self.opt_state)
-            if self._budget_exhausted(len(candidates)):
-                self.finished = True
-                break
-            info = self._step(candidates)
-            self._check_time_budget_fits_a_step()
-            if callback is not None and callback(self, info) is False:
-                break
-            if (
-                self.run_dir is not None
-                and time.monotonic() - last_checkpoint >= self.config.checkpoint_every
-            ):
-                self.save()
-                last_checkpoint = time.monotonic()
+    def step(self) -> dict:
+        """One optimiser step outside `run` (no budget check); returns the optimiser's info."""
+        return self._step(*self._next())
+
+    def _next(self) -> tuple[int, np.ndarray]:
+        """The fold with the fewest queries so far, and its optimiser's candidates."""
+        fold = int(np.argmin(self.run_state.fold_queries))
+        return fold, self.optimizers[fold].ask(self.opt_states[fold])
+
+    def _step(self, fold: int, candidates: np.ndarray) -> dict:
+        """One optimiser step of one fold (one batched objective call); returns its info."""
+        rs = self.run_state
+        started = time.perf_counter()
+        losses = self.objectives[fold](candidates)
+        self.opt_states[fold], info = self.optimizers[fold].tell(
+            self.opt_states[fold], losses, val_accuracy=rs.pending_val[fold]
+        )
+        rs.pending_val[fold] = None
+        rs.queries += len(candidates)
+        rs.fold_queries[fold] += len(candidates)
+        rs.fold_steps[fold] += 1
+        rs.step += 1
+        rs.stages[fold] = str(info.get("stage", rs.stages[fold]))
+        if rs.step % (self.config.eval_every * rs.folds) == 0:
+            self._evaluate()
+        rs.seconds += time.perf_counter() - started
+        return {**info, "fold": fold}
 
     def stop(self) -> None:
         """Ask `run` to stop after the current step (safe from a signal handler or a thread)."""
         self._stop_requested = True
 
     def _budget_exhausted(self, next_step_queries: int) -> bool:
+        rs = self.run_state
         queries, seconds = self.budget.queries, self.budget.seconds
-        if queries is not None and self.queries + next_step_queries > queries:
-            if self.step_count == 0:
+        if queries is not None and rs.queries + next_step_queries > queries:
+            if rs.step == 0:
                 raise EdgeTuneError(
                     f"the query budget ({queries}) is smaller than one step "
                     f"({next_step_queries} queries)",
                     hint=f"Give --budget-queries of at least {next_step_queries}",
                 )
             return True
-        return seconds is not None and self.seconds >= seconds
+        return seconds is not None and rs.seconds >= seconds
 
     def _check_time_budget_fits_a_step(self) -> None:
-        seconds = self.budget.seconds
-        if seconds is not None and self.step_count == 1 and self.seconds > seconds:
+        rs, seconds = self.run_state, self.budget.seconds
+        if seconds is not None and rs.step == 1 and rs.seconds > seconds:
             raise EdgeTuneError(
                 f"the time budget ({seconds:g}s) is shorter than one step "
-                f"({self.seconds:.1f}s here)",
-                hint=f"Give --budget-time of at least {math.ceil(self.seconds * 10)}s",
+                f"({rs.seconds:.1f}s here)",
+                hint=f"Give --budget-time of at least {math.ceil(rs.seconds * 10)}s",
             )
 
-    # -- evaluation and best-so-far ------------------------------------------------------------
+    # -- evaluation ----------------------------------------------------------------------------
 
-    def _evaluate(self, w: np.ndarray) -> dict:
-        """Loss and accuracy of one prompt on the shots and on the validation set."""
-        W = np.asarray(w, dtype=np.float64)[None, :]
-        train_loss, train_acc = self.objective.evaluate(W)
-        result = {
-            "train_loss": float(train_loss[0]),
-            "train_accuracy": float(train_acc[0]),
-            "val_loss": None,
-            "val_accuracy": None,
-        }
-        if self.val_objective is not None:
-            val_loss, val_acc = self.val_objective.evaluate(W)
-            result.update(val_loss=float(val_loss[0]), val_accuracy=float(val_acc[0]))
-        return result
+    def fold_params(self) -> np.ndarray:
+        """f64[k, d]: each fold's current prompt vector."""
+        return np.stack([np.asarray(opt.params(state), dtype=np.float64)
+                         for opt, state in zip(self.optimizers, self.opt_states)])
 
-    @property
-    def zero_shot_accuracy(self) -> float:
-        key = "val_accuracy" if self.val_objective is not None else "train_accuracy"
-        return self.zero_shot[key]
+    def _fold_text(self) -> list[np.ndarray]:
+        """f64[K, P] class features of each fold's current prompt (k evaluation queries, none when
+        they were computed at this step already)."""
+        step = self.run_state.step
+        if self._texts is None or self._texts[0] != step:
+            self.run_state.eval_queries += len(self.optimizers)
+            texts = [self.scorer.class_features(w).astype(np.float64) for w in self.fold_params()]
+            self._texts = (step, texts)
+        return self._texts[1]
 
-    def _log_evaluation(self) -> dict:
-        w = np.array(self.optimizer.params(self.opt_state), dtype=np.float64)
-        result = self._evaluate(w)
-        self.eval_queries += 1 if self.val_objective is None else 2
-        if result["val_accuracy"] is not None and result["val_accuracy"] > self.best_val_accuracy:
-            self.best_val_accuracy = result["val_accuracy"]
-            self.best_w = w
-            self.best_step = self.step_count
-        self.last_eval = {**result, "step": self.step_count}
+    def _evaluate(self) -> dict:
+        """Score every fold's prompt on its training and held-out folds; log one metrics line."""
+        rs = self.run_state
+        texts = self._fold_text()
+        train_loss, train_acc, correct = [], [], 0.0
+        for fold, (text, objective) in enumerate(zip(texts, self.objectives)):
+            loss, acc = score(objective.features, objective.labels, text, self.scale,
+                              offset=objective.offset)
+            train_loss.append(float(loss[0]))
+            train_acc.append(float(acc[0]))
+            held = self.folds == fold
+            logits = self.scale * self.X[held] @ text.T
+            if self.val_offsets[fold] is not None:
+                logits = logits + self.val_offsets[fold]
+            right = np.argmax(logits, axis=1) == self.y[held]
+            rs.pending_val[fold] = float(np.mean(right))
+            correct += float(np.sum(right))
         record = {
-            "step": self.step_count,
-            "queries": self.queries,
-            "eval_queries": self.eval_queries,
-            "seconds": round(self.seconds, 3),
-            "stage": self.stage,
-            **result,
-            "best_val_accuracy": self.best_val_accuracy,
+            "step": rs.step, "queries": rs.queries, "eval_queries": rs.eval_queries,
+            "seconds": round(rs.seconds, 3), "stage": self.stage,
+            "train_loss": float(np.mean(train_loss)), "train_accuracy": float(np.mean(train_acc)),
+            "val_accuracy": correct / len(self.y), "eval_accuracy": self._eval_report(texts),
         }
+        rs.last_eval = record
         self.history.append(record)
         if self.metrics is not None:
             self.metrics.append(record)
-        return result
+        return record
+
+    def _eval_report(self, texts: list[np.ndarray]) -> float | None:
+        """Accuracy on --eval of the fold prompts' ensemble under the tuning blend (report only)."""
+        if self.eval_xy is None:
+            return None
+        X, y = self.eval_xy
+        logits = self.scale * X @ ensemble(texts).T
+        if self.offset_weight:
+            logits = logits + self.offset_weight * self._full_head(self.tuning_blend, X)
+        return float(np.mean(np.argmax(logits, axis=1) == y))
+
+    def _full_head(self, blend: select.Blend, X: np.ndarray) -> np.ndarray:
+        """The head of `blend`, fitted on all the shots, applied to X."""
+        arrays = fit_head(blend.head, self.X, self.y, len(self.classnames), blend.hyper)
+        return apply_head(blend.head, arrays, X)
+
+    @property
+    def stage(self) -> str:
+        stages = sorted(set(self.run_state.stages))
+        return stages[0] if len(stages) == 1 else "/".join(stages)
 
     @property
     def state(self) -> FitState:
+        rs, last = self.run_state, self.run_state.last_eval
         return FitState(
-            step=self.step_count,
-            queries=self.queries,
-            eval_queries=self.eval_queries,
-            seconds=self.seconds,
-            stage=self.stage,
-            train_loss=self.last_eval["train_loss"],
-            train_accuracy=self.last_eval["train_accuracy"],
-            val_accuracy=self.last_eval["val_accuracy"],
-            zero_shot_accuracy=self.zero_shot_accuracy,
-            best_val_accuracy=self.best_val_accuracy,
-            best_step=self.best_step,
-            params=np.array(self.optimizer.params(self.opt_state)),
-            finished=self.finished,
+            step=rs.step, queries=rs.queries, eval_queries=rs.eval_queries, seconds=rs.seconds,
+            stage=self.stage, train_loss=last.get("train_loss"),
+            train_accuracy=last.get("train_accuracy"), val_accuracy=last.get("val_accuracy"),
+            eval_accuracy=last.get("eval_accuracy"),
+            zero_shot_accuracy=self.cheap[0].cv_accuracy, finished=rs.finished,
         )
 
     # -- run directory: checkpoints ------------------------------------------------------------
@@ -514,51 +603,44 @@ class Tuner:
             self.history = read_metrics(run_dir / "metrics.jsonl")
 
     def save(self, run_dir: str | Path | None = None) -> Path:
-        """Checkpoint the whole run (optimiser state, counters, best-so-far) atomically."""
+        """Checkpoint the whole run (optimiser states, run state, settings) atomically."""
         if run_dir is not None and self.run_dir is None:
             self.attach(run_dir)
         if self.run_dir is None:
             raise CheckpointError("this tuner has no run directory", hint="Call save(run_dir)")
         record = {
-            "step": self.step_count,
-            "queries": self.queries,
-            "eval_queries": self.eval_queries,
-            "seconds": self.seconds,
-            "stage": self.stage,
-            "finished": self.finished,
+            "run_state": self.run_state.to_record(),
             "config": asdict(self.config),
+            "optimizers": [{"name": opt.name, "config": asdict(opt.config)}
+                           for opt in self.optimizers],
             "budget": asdict(self.budget),
-            "bundle_hash": self.bundle.bundle_hash,
-            "data_hash": self.data_hash,
-            "eval_hash": self.eval_hash,
+            **self.hashes,
             "sources": self.sources,
-            "optimizer": self.optimizer.name,
-            "best": {"val_accuracy": self.best_val_accuracy, "step": self.best_step},
-            "last_eval": self.last_eval,
             "metrics_offset": self.metrics.offset if self.metrics else 0,
         }
-        return write_checkpoint(
-            self.run_dir,
-            step=self.step_count,
-            record=record,
-            arrays={"best_w": self.best_w},
-            optimizer_state=self.opt_state,
-        )
+        return write_checkpoint(self.run_dir, step=self.run_state.step, record=record, arrays={},
+                                optimizer_states=self.opt_states)
 
     @classmethod
-    def load(
+    def resume(
         cls,
         run_dir: str | Path,
         *,
         bundle=None,
         shots=None,
         eval_set=None,
+        budget_queries: int | None = None,
+        budget_seconds: float | None = None,
         provider: str = "auto",
         threads: int | None = None,
         cache_dir: str | Path | None = None,
         feature_progress=None,
     ) -> Tuner:
-        """Continue a checkpointed run; refuses another bundle or other data (writing nothing)."""
+        """Continue a checkpointed run, optionally with a new budget; refuses another bundle or
+        other data (writing nothing). The optimisers are rebuilt from the settings the run
+        recorded, not from today's presets."""
+        from edge_tune.optim import optimizer_from_config
+
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise CheckpointError(
@@ -569,165 +651,131 @@ class Tuner:
         checkpoint = read_checkpoint(run_dir)
         record = checkpoint.record
         sources = record["sources"]
-        config = FitConfig(**record["config"])
-        from edge_tune.bundle import Bundle, open_bundle
-        from edge_tune.data import load_eval, load_shots
-
-        def refuse_if_changed(what: str, mine: str | None, theirs: str | None) -> None:
-            if mine != theirs:  # checked before anything is computed or written
-                raise CheckpointError(
-                    f"the run was made with {what} (hash {str(theirs)[:12]}, "
-                    f"now {str(mine)[:12]}); nothing was changed",
-                    path=run_dir,
-                    hint=f"Resume with the {what.split(' ', 1)[1]} it was made with, "
-                    "or start a new run with --out",
-                )
-
-        bundle = bundle if bundle is not None else sources["bundle"]
-        bundle = bundle if isinstance(bundle, Bundle) else open_bundle(bundle)
-        refuse_if_changed("another bundle", bundle.bundle_hash, record["bundle_hash"])
-        shots = shots if shots is not None else sources["data"]
-        shots = shots if hasattr(shots, "samples") else load_shots(shots)
-        refuse_if_changed("other data", dataset_hash(shots), record["data_hash"])
         if eval_set is None and sources.get("eval"):
             eval_set = sources["eval"]
-        if eval_set is not None and not hasattr(eval_set, "samples"):
-            eval_set = load_eval(eval_set, shots)
-        refuse_if_changed(
-            "other evaluation data",
-            None if eval_set is None else dataset_hash(eval_set),
-            record["eval_hash"],
-        )
         tuner = cls(
-            bundle,
-            shots,
-            eval_set=eval_set,
-            config=config,
-            provider=provider,
-            threads=threads,
-            cache_dir=cache_dir,
-            feature_progress=feature_progress,
+            bundle if bundle is not None else sources["bundle"],
+            shots if shots is not None else sources["data"],
+            eval_set=eval_set, config=FitConfig(**record["config"]), provider=provider,
+            threads=threads, cache_dir=cache_dir, feature_progress=feature_progress,
+            _expect={**{key: record[key] for key in ("bundle_hash", "data_hash", "eval_hash")},
+                     "run_dir": run_dir},
         )
-        tuner.opt_state = checkpoint.optimizer_state
-        tuner.step_count, tuner.queries = int(record["step"]), int(record["queries"])
-        tuner.eval_queries, tuner.seconds = int(record["eval_queries"]), float(record["seconds"])
-        tuner.stage, tuner.finished = record["stage"], bool(record["finished"])
-        tuner.budget = Budget(**record["budget"])
-        tuner.best_val_accuracy = record["best"]["val_accuracy"]
-        tuner.best_step = record["best"]["step"]
-        tuner.best_w = np.array(checkpoint.arrays["best_w"], dtype=np.float64)
-        tuner.last_eval = record["last_eval"]
+        tuner.optimizers = [optimizer_from_config(o["name"], tuner.space.dim, o["config"])
+                            for o in record["optimizers"]]
+        tuner.opt_states = list(checkpoint.optimizer_states)
+        tuner.run_state = RunState.from_record(record["run_state"])
+        saved = Budget(**record["budget"])
+        tuner.budget = Budget(budget_queries if budget_queries is not None else saved.queries,
+                              budget_seconds if budget_seconds is not None else saved.seconds)
         tuner.attach(run_dir, metrics_offset=int(record["metrics_offset"]))
         return tuner
 
-    # -- the tuned artifact --------------------------------------------------------------------
+    # -- the shipped classifier ----------------------------------------------------------------
 
-    def selected_params(self) -> tuple[np.ndarray, str]:
-        """The prompt the artifact holds: best-on-validation (when validated) or the final one."""
-        if self.config.select == "best" and self.val_objective is not None:
-            return self.best_w, "best"
-        return np.array(self.optimizer.params(self.opt_state), dtype=np.float64), "final"
+    def candidates(self) -> tuple[list[select.Blend], np.ndarray]:
+        """Every classifier the run could ship, scored on the folds, and the prompts' ensemble
+        features f64[K, P] (costs k evaluation queries)."""
+        texts = self._fold_text()
+        prompt_logits = np.zeros((len(self.y), len(self.classnames)))
+        for fold, text in enumerate(texts):
+            held = self.folds == fold
+            prompt_logits[held] = self.scale * self.X[held] @ text.T
+        tuned = [select.text_alone("prompt", prompt_logits, self.y)]
+        for blend in self.cheap:
+            if blend.text and blend.head:
+                tuned.append(select.best_mix("prompt", blend.head, blend.hyper, prompt_logits,
+                                             self.head_logits[blend.head], self.y))
+        return self.cheap + tuned, ensemble(texts)
 
-    def classifier(self):
-        """The tuned classifier in memory: class text features baked, no text graph needed."""
+    def classifier(self, blend: select.Blend | None = None, prompt_features=None):
+        """The classifier of `blend` (default: the one the folds choose now), its head fitted on
+        all the shots; no text graph needed."""
         from edge_tune.classifier import Classifier
 
-        w, _ = self.selected_params()
+        if blend is None:
+            candidates, prompt_features = self.candidates()
+            blend = select.choose(candidates)
+        text = prompt_features if blend.text == "prompt" else self.zero_shot_features
+        head_arrays = ({} if blend.head is None else
+                       fit_head(blend.head, self.X, self.y, len(self.classnames), blend.hyper))
         return Classifier(
             classnames=list(self.classnames),
-            class_features=np.asarray(self.objective.class_features(w), np.float32),
-            logit_scale=float(self.bundle.logit_scale),
+            class_features=np.asarray(text, np.float32),
+            logit_scale=self.scale,
             bundle_hash=self.bundle.bundle_hash,
+            text_weight=blend.text_weight,
+            head=blend.head,
+            head_arrays=head_arrays,
+            head_weight=blend.head_weight,
+            name=blend.name,
             bundle=self.bundle,
         )
 
-    def prompt_arrays(self, w: np.ndarray) -> dict[str, np.ndarray]:
-        """`prompt.npz`: w, the tuned context tokens, and the prompt-space spec to rebuild them."""
-        space = self.space
-        arrays = {
-            "w": np.asarray(w, dtype=np.float64),
-            "context": space.context(np.asarray(w, dtype=np.float64)[None])[0].astype(np.float32),
-            "ctx0": np.asarray(space.ctx0, dtype=np.float32),
-            "classnames": np.array(self.classnames, dtype=np.str_),
-            "context_init": np.array(space.init, dtype=np.str_),
-            "parameterisation": np.array(space.parameterisation, dtype=np.str_),
-            "projection_seed": np.array(space.seed, dtype=np.int64),
-            "projection_std": np.array(
-                np.nan if space.projection_std is None else space.projection_std, dtype=np.float64
-            ),
-            "spec": np.array(json.dumps(space.spec(), sort_keys=True), dtype=np.str_),
-            "bundle_hash": np.array(self.bundle.bundle_hash, dtype=np.str_),
-            "preset": np.array(self.config.preset, dtype=np.str_),
-            "optimizer": np.array(self.config.optimizer, dtype=np.str_),
-        }
-        if space.projection is not None:  # seed-derived, stored anyway (f32) for numpy-build safety
-            arrays["projection"] = np.asarray(space.projection, dtype=np.float32)
-            arrays["projection_shape"] = np.array(space.projection.shape, dtype=np.int64)
-        return arrays
-
     def finish(self) -> dict:
-        """Evaluate the final prompt, write prompt.npz, classifier.npz, curve.png, result.json."""
-        if self.last_eval.get("step") != self.step_count:
-            self._log_evaluation()
-        final = dict(self.last_eval)
-        w, selected = self.selected_params()
-        chosen = final if selected == "final" else self._evaluate(w)
-        classifier = self.classifier()
+        """Choose what to ship on the folds; write prompt.npz, classifier.npz, curve.png and
+        result.json; return result.json's content."""
+        from edge_tune.prompts import save_prompt
+
+        rs = self.run_state
+        if not self.history or self.history[-1]["step"] != rs.step:
+            self._evaluate()
+        candidates, prompt_features = self.candidates()
+        shipped = select.choose(candidates)
+        classifier = self.classifier(shipped, prompt_features)
+        rows = []
+        for blend in candidates:
+            row = blend.record()
+            row["eval_accuracy"] = None
+            if self.eval_xy is not None:
+                X, y = self.eval_xy
+                predicted = np.argmax(self.classifier(blend, prompt_features).logits(X), axis=1)
+                row["eval_accuracy"] = float(np.mean(predicted == y))
+            rows.append(row)
+        by_name = {row["name"]: row for row in rows}
+        measure = "eval_accuracy" if self.eval_xy is not None else "cv_accuracy"
+        cheap_names = [b.name for b in self.cheap[1:]]
+        best_cheap = min((by_name[n] for n in cheap_names), key=lambda r: r["cv_loss"],
+                         default=None)
         result = {
             "format": "edge-tune-run",
             "format_version": RESULT_FORMAT,
-            "bundle": {
-                "path": self.sources["bundle"],
-                "hash": self.bundle.bundle_hash,
-                "provider": getattr(self.text_session, "report", ""),
-            },
-            "data": {
-                "shots": self.sources["data"],
-                "eval": self.sources["eval"],
-                "hash": self.data_hash,
-                "eval_hash": self.eval_hash,
-                "train_images": self.num_train,
-                "val_images": self.num_val,
-                "validation": (
-                    "eval set"
-                    if self.sources["eval"]
-                    else "hold-out"
-                    if self.val_objective is not None
-                    else "none"
-                ),
-            },
+            "bundle": {"path": self.sources["bundle"], "hash": self.bundle.bundle_hash,
+                       "provider": getattr(self.text_session, "report", "")},
+            "data": {"shots": self.sources["data"], "eval": self.sources["eval"],
+                     "hash": self.hashes["data_hash"], "eval_hash": self.hashes["eval_hash"],
+                     "train_images": len(self.y),
+                     "eval_images": 0 if self.eval_xy is None else len(self.eval_xy[1]),
+                     "folds": rs.folds},
             "classnames": self.classnames,
             "config": asdict(self.config),
-            "zero_shot": self.zero_shot,
-            "final": {
-                k: final[k] for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
-            },
-            "best": {"val_accuracy": self.best_val_accuracy, "step": self.best_step},
-            "selected": selected,
-            "tuned": {
-                k: chosen[k] for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
-            },
-            "zero_shot_accuracy": self.zero_shot_accuracy,
-            "tuned_accuracy": chosen[
-                "val_accuracy" if self.val_objective is not None else "train_accuracy"
-            ],
-            "steps": self.step_count,
-            "queries": self.queries,
-            "eval_queries": self.eval_queries,
-            "seconds": round(self.seconds, 3),
+            "optimizers": [asdict(opt.config) for opt in self.optimizers[:1]],
+            "tuned_for": None if self.tuning_blend is None else self.tuning_blend.name,
+            "shipped": shipped.name,
+            "candidates": rows,
+            "best_cheap": None if best_cheap is None else best_cheap["name"],
+            "accuracy_on": "eval set" if self.eval_xy is not None else "cross-validation",
+            "zero_shot_accuracy": by_name["zero-shot"][measure],
+            "tuned_accuracy": by_name[shipped.name][measure],
+            "steps": rs.step,
+            "queries": rs.queries,
+            "eval_queries": rs.eval_queries,
+            "seconds": round(rs.seconds, 3),
             "stage": self.stage,
-            "finished": self.finished,
+            "finished": rs.finished,
             "peak_rss_mb": round(peak_rss_mb(), 1),
         }
         if self.run_dir is not None:
-            atomic_save_npz(self.run_dir / "prompt.npz", self.prompt_arrays(w))
+            save_prompt(self.run_dir / "prompt.npz", self.space, self.fold_params(),
+                        bundle_hash=self.bundle.bundle_hash,
+                        optimizer=self.config.optimizer, preset=self.config.preset)
             classifier.save(self.run_dir / "classifier.npz")
             draw_curve(
                 self.history,
                 self.run_dir / "curve.png",
-                zero_shot=self.zero_shot_accuracy,
+                zero_shot=self.cheap[0].cv_accuracy,
                 title=f"edge-tune fit: {self.config.optimizer} ({self.config.preset}), "
-                f"{len(self.classnames)} classes",
+                f"{len(self.classnames)} classes, {rs.folds} folds; shipped {shipped.name}",
             )
             atomic_write_json(self.run_dir / "result.json", result)
         return result
@@ -760,19 +808,12 @@ def stop_on_signals(tuner: Tuner, *, notify: Callable[[str], None] | None = None
             signal.signal(sig, old)
 
 
-def fit(config: FitConfig, *, bundle, data, eval_set=None, run_dir=None, **options) -> dict:
-    """Tune from start to finish (the CLI's `fit` without a terminal); returns result.json."""
-    tuner = Tuner(bundle, data, eval_set=eval_set, config=config, run_dir=run_dir, **options)
-    tuner.run()
-    return tuner.finish()
-
-
 __all__ = [
     "Budget",
     "FitConfig",
     "FitState",
+    "RunState",
     "Tuner",
-    "fit",
     "parse_duration",
     "resolve_bundle",
     "stop_on_signals",

@@ -61,9 +61,13 @@ def score(
     class_features: np.ndarray,
     logit_scale: float,
     *,
+    offset: np.ndarray | None = None,
     memory_cap: int = DEFAULT_MEMORY_CAP,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(mean cross-entropy f64[n], accuracy f64[n]) for class features [K, P] or [n, K, P].
+
+    `offset` f64[N, K], when given, is added to every candidate's logits: a fixed image head's
+    logits, so that candidates are scored as the hybrid classifier they would become.
 
     Candidates' logits come from GEMMs `F @ T.reshape(g·K, P)ᵀ` over groups of g candidates whose
     float64 logits fit in `memory_cap` (one BLAS call for a typical population, bounded memory at
@@ -84,6 +88,8 @@ def score(
         g = len(block)
         logits = (F @ block.reshape(g * K, P).T).reshape(len(F), g, K)
         logits *= float(logit_scale)
+        if offset is not None:
+            logits += offset[:, None, :]
         peak = logits.max(axis=2, keepdims=True)
         log_norm = peak[..., 0] + np.log(np.exp(logits - peak).sum(axis=2))  # [N, g]
         true = np.take_along_axis(logits, labels[:, None, None], axis=2)[..., 0]  # [N, g]
@@ -103,6 +109,7 @@ class PromptObjective:
         labels: np.ndarray,
         *,
         logit_scale: float | None = None,
+        offset: np.ndarray | None = None,
         max_prompts_per_run: int = DEFAULT_MAX_PROMPTS,
         memory_cap: int = DEFAULT_MEMORY_CAP,
         provider: str = "auto",
@@ -132,6 +139,7 @@ class PromptObjective:
         self.features = features
         self.labels = labels
         self.logit_scale = float(logit_scale)
+        self.offset = None if offset is None else np.asarray(offset, dtype=np.float64)
         self.max_rows = rows_per_run(
             space.length, space.text_width, memory_cap=memory_cap, max_prompts=max_prompts_per_run
         )
@@ -152,7 +160,7 @@ class PromptObjective:
         W = self.space._check(W)
         text = self.text_features(W)
         self.queries += len(W)
-        return score(self.features, self.labels, text, self.logit_scale)
+        return score(self.features, self.labels, text, self.logit_scale, offset=self.offset)
 
     def class_features(self, w: np.ndarray) -> np.ndarray:
         """f32[K, P] normalised class text features of one prompt vector (not a query)."""
@@ -223,6 +231,12 @@ class PromptObjective:
         return self._suffix_inputs[key]
 
 
+def ensemble(class_features) -> np.ndarray:
+    """f64[K, P]: the fold prompts' class features [K, P] each, averaged and re-normalised."""
+    mean = np.mean(np.stack([np.asarray(t, np.float64) for t in class_features]), axis=0)
+    return mean / np.linalg.norm(mean, axis=1, keepdims=True)
+
+
 def pad_rows(array: np.ndarray, size: int) -> np.ndarray:
     """`array` with copies of its last row appended up to `size` rows (a fixed run shape)."""
     missing = size - len(array)
@@ -255,53 +269,70 @@ def evaluate_dataset(
     *,
     template: str = DEFAULT_TEMPLATE,
     prompt=None,
+    run=None,
     cache_dir=None,
     provider: str = "auto",
     threads: int | None = None,
     progress=None,
 ) -> dict:
-    """Accuracy and loss of a template (zero-shot) or a tuned prompt on a labelled image set.
+    """Accuracy and loss of a template (zero-shot), a tuned prompt or a run's shipped classifier on
+    a labelled image set.
 
     Image features come through the cache, so evaluating again, or after a fit on the same photos,
-    runs the image graph zero times. `prompt`: a run folder or `prompt.npz` from `edge-tune fit`.
+    runs the image graph zero times. `prompt`: a run folder or `prompt.npz` from `edge-tune fit`
+    (the fold prompts' ensemble, text alone); `run`: a run folder or its `classifier.npz` (what
+    `fit` shipped and `predict` applies).
     """
+    from edge_tune.classifier import Classifier
     from edge_tune.features import image_features
     from edge_tune.prompts import PromptSpace, load_prompt
+    from edge_tune.select import loss_and_accuracy
 
-    if prompt is not None:  # check the prompt before spending time on images
-        w, spec, prompt_classes = load_prompt(prompt, bundle)
-        if list(prompt_classes) != list(dataset.classnames):
-            raise DataError(
-                f"the prompt was tuned for classes {prompt_classes[:5]}, the data has "
-                f"{list(dataset.classnames)[:5]}",
-                path=dataset.root,
-                hint="Evaluate on a folder with the classes the prompt was tuned for",
-            )
+    # check the prompt or classifier before spending time on images
+    if prompt is not None:
+        W, spec, trained_classes = load_prompt(prompt, bundle)
+        what = {"prompt": str(prompt)}
+    elif run is not None:
+        classifier = Classifier.load(run, bundle=bundle)
+        trained_classes = classifier.classnames
+        what = {"run": str(run), "shipped": classifier.name}
+    if (prompt is not None or run is not None) and list(trained_classes) != list(dataset.classnames):
+        raise DataError(
+            f"the run was tuned for classes {trained_classes[:5]}, the data has "
+            f"{list(dataset.classnames)[:5]}",
+            path=dataset.root,
+            hint="Evaluate on a folder with the classes the run was tuned for",
+        )
     features, labels = image_features(
         bundle, dataset, cache_dir=cache_dir, provider=provider, threads=threads, progress=progress
     )
-    if prompt is None:
-        session = bundle.text_session(provider, threads)
-        class_features = template_class_features(bundle, session, dataset.classnames, template)
-        what = {"template": template}
-    else:  # scored as `fit` scored it (text_shared.onnx when the bundle has it)
-        space = PromptSpace.from_spec(bundle, dataset.classnames, spec)
-        objective = PromptObjective(
-            bundle.objective_session(provider, threads), space, features, labels,
-            logit_scale=bundle.logit_scale,
+    if run is not None:
+        logits = classifier.logits(features)
+    else:
+        if prompt is None:
+            session = bundle.text_session(provider, threads)
+            class_features = template_class_features(bundle, session, dataset.classnames, template)
+            what = {"template": template}
+        else:  # scored as `fit` scored it (text_shared.onnx when the bundle has it)
+            space = PromptSpace.from_spec(bundle, dataset.classnames, spec)
+            objective = PromptObjective(
+                bundle.objective_session(provider, threads), space, features, labels,
+                logit_scale=bundle.logit_scale,
+            )
+            class_features = ensemble([objective.class_features(w) for w in W])
+        logits = bundle.logit_scale * (
+            features.astype(np.float64) @ np.asarray(class_features, np.float64).T
         )
-        class_features = objective.class_features(w)
-        what = {"prompt": str(prompt)}
-    losses, accuracies = score(features, labels, class_features, bundle.logit_scale)
-    predicted = np.argmax(features.astype(np.float64) @ class_features.astype(np.float64).T, axis=1)
+    loss, accuracy = loss_and_accuracy(logits, labels)
+    predicted = np.argmax(logits, axis=1)
     per_class = {
         name: float(np.mean(predicted[labels == k] == k)) if np.any(labels == k) else None
         for k, name in enumerate(dataset.classnames)
     }
     return {
         **what,
-        "accuracy": float(accuracies[0]),
-        "loss": float(losses[0]),
+        "accuracy": accuracy,
+        "loss": loss,
         "correct": int(np.sum(predicted == labels)),
         "images": int(len(labels)),
         "classes": len(dataset.classnames),

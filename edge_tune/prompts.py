@@ -390,10 +390,33 @@ def _rows(table: np.ndarray, ids: Sequence[int]) -> np.ndarray:
     return np.asarray(table[ids], dtype=np.float32)
 
 
+PROMPT_FORMAT = 2  # 2: one tuned vector per cross-validation fold (`w` is f64[k, d])
+
+
+def save_prompt(path, space: PromptSpace, W: np.ndarray, *, bundle_hash: str, optimizer: str,
+                preset: str) -> None:
+    """Write `prompt.npz`: the tuned vectors W f64[k, d] (one per fold; the shipped text side is
+    their ensemble), their context tokens, and the prompt-space spec that rebuilds them."""
+    from edge_tune.atomic import atomic_save_npz
+
+    W = np.atleast_2d(np.asarray(W, dtype=np.float64))
+    atomic_save_npz(path, {
+        "format_version": np.array(PROMPT_FORMAT, dtype=np.int64),
+        "w": W,
+        "context": space.context(W).astype(np.float32),
+        "classnames": np.array(space.classnames, dtype=np.str_),
+        "spec": np.array(json.dumps(space.spec(), sort_keys=True), dtype=np.str_),
+        "bundle_hash": np.array(bundle_hash, dtype=np.str_),
+        "optimizer": np.array(optimizer, dtype=np.str_),
+        "preset": np.array(preset, dtype=np.str_),
+    })
+
+
 def load_prompt(path, bundle) -> tuple[np.ndarray, dict, list[str]]:
-    """(w, space spec, class names) from a tuned `prompt.npz` or a run folder holding one.
+    """(W f64[k, d], space spec, class names) from a tuned `prompt.npz` or a run folder holding one.
 
     Refuses a prompt tuned with another bundle (its `bundle_hash` differs from this bundle's).
+    Format 1 files (one vector `w` f64[d]) load as k = 1.
     """
     from pathlib import Path
 
@@ -428,7 +451,9 @@ def load_prompt(path, bundle) -> tuple[np.ndarray, dict, list[str]]:
             path=file,
             hint="Pass the --bundle the prompt was tuned with",
         )
-    if w.ndim != 1 or w.shape[0] != spec.get("dim"):
+    if w.ndim == 1:
+        w = w[None]
+    if w.ndim != 2 or w.shape[1] != spec.get("dim"):
         raise CheckpointError(
             f"w has shape {list(w.shape)} but the spec says d = {spec.get('dim')}",
             path=file,

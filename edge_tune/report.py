@@ -266,30 +266,31 @@ def _is_terminal(stream: IO[str]) -> bool:
 
 
 def format_summary(result: dict, run_dir: str | Path | None = None) -> str:
-    """The lines `edge-tune fit` prints at the end: zero-shot vs tuned, cost, where things went."""
+    """The lines `edge-tune fit` prints at the end: what it shipped and why, what it cost."""
     data = result["data"]
-    where = {
-        "eval set": f"evaluation set, {data['val_images']} images",
-        "hold-out": f"hold-out of the shots, {data['val_images']} images",
-        "none": f"the {data['train_images']} shots themselves, no validation set",
-    }[data["validation"]]
-    lines = [f"zero-shot accuracy: {100 * result['zero_shot_accuracy']:.1f}%   ({where})"]
-    final = result["final"]["val_accuracy"]
-    if final is None:
-        final = result["final"]["train_accuracy"]
-    if result["selected"] == "best":
-        lines.append(
-            f"tuned accuracy:     {100 * result['tuned_accuracy']:.1f}%   "
-            f"(best on validation, step {result['best']['step']}; final prompt "
-            f"{100 * final:.1f}%)"
-        )
-    elif result["best"]["val_accuracy"] is not None and data["validation"] != "none":
-        lines.append(
-            f"tuned accuracy:     {100 * result['tuned_accuracy']:.1f}%   (final prompt; best on "
-            f"validation {100 * result['best']['val_accuracy']:.1f}% at step {result['best']['step']})"
-        )
-    else:
-        lines.append(f"tuned accuracy:     {100 * result['tuned_accuracy']:.1f}%   (final prompt)")
+    rows = {row["name"]: row for row in result["candidates"]}
+    on_eval = result["accuracy_on"] == "eval set"
+
+    def accuracy(row: dict) -> str:
+        text = f"cv {100 * row['cv_accuracy']:5.1f}%  loss {row['cv_loss']:.3f}"
+        if on_eval:
+            text += f"  eval {100 * row['eval_accuracy']:5.1f}%"
+        return text
+
+    shipped, zero = rows[result["shipped"]], rows["zero-shot"]
+    lines = [f"cross-validated on the shots ({data['train_images']} images, {data['folds']} folds)"
+             + (f"; eval on {data['eval_images']} images, report only" if on_eval else "") + ":"]
+    for row in result["candidates"]:
+        mark = "->" if row["name"] == result["shipped"] else "  "
+        lines.append(f" {mark} {row['name']:<22} {accuracy(row)}")
+    margin = 100 * (shipped["cv_accuracy"] - zero["cv_accuracy"])
+    line = (f"shipped: {result['shipped']} (lowest cross-validated loss; cv accuracy "
+            f"{margin:+.1f} points over zero-shot")
+    if result.get("best_cheap") and result["best_cheap"] != result["shipped"]:
+        cheap = rows[result["best_cheap"]]
+        line += (f", loss {shipped['cv_loss']:.3f} vs {cheap['cv_loss']:.3f} for the best "
+                 f"query-free one, {result['best_cheap']}")
+    lines.append(line + ")")
     lines.append(
         f"queries {result['queries']} (+{result['eval_queries']} to evaluate), "
         f"{result['steps']} steps, stage {result['stage']}, "

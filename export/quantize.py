@@ -286,23 +286,37 @@ def resolve_gate(manifest: dict, *, gate_data: str | Path | None, gate_prompt: s
 
 def short_fit_prompt(bundle: str | Path, shots: str | Path, *, queries: int = GATE_FIT_QUERIES,
                      seed: int = 0, cache_dir: str | Path | None = None) -> tuple[tuple, dict]:
-    """A tuned prompt for the gate: `edge-tune fit` defaults (SharpZO, edge) for `queries` on all shots.
+    """A tuned prompt for the gate: `fit`'s optimiser (SharpZO, edge) for `queries` on all shots.
 
     Returns ((w, prompt-space options), a record of how it was made) for `accuracy_gate`.
     """
-    from edge_tune.fit import FitConfig, Tuner
+    from edge_tune.bundle import open_bundle
+    from edge_tune.data import load_shots
+    from edge_tune.features import image_features
+    from edge_tune.objective import PromptObjective
+    from edge_tune.optim import make_optimizer
+    from edge_tune.prompts import PromptSpace
 
-    config = FitConfig(budget_queries=queries, val_fraction=0.0, select="final", seed=seed,
-                       eval_every=10 ** 9)
-    tuner = Tuner(bundle, shots, config=config, provider="cpu", cache_dir=cache_dir)
-    tuner.run()
-    w, _ = tuner.selected_params()
-    spec = tuner.space.spec()
+    opened = open_bundle(bundle)
+    dataset = load_shots(shots)
+    features, labels = image_features(opened, dataset, cache_dir=cache_dir, provider="cpu")
+    space = PromptSpace.build(opened, list(dataset.classnames), seed=seed)
+    objective = PromptObjective(opened.objective_session(provider="cpu"), space, features, labels,
+                                logit_scale=opened.logit_scale)
+    optimizer = make_optimizer("sharpzo", space.dim, preset="edge", seed=seed)
+    state, used = optimizer.init(np.zeros(space.dim)), 0
+    while True:
+        W = optimizer.ask(state)
+        if used + len(W) > queries:
+            break
+        state, _ = optimizer.tell(state, objective(W))
+        used += len(W)
+    spec = space.spec()
     options = {"init": spec["init"], "dim": spec["dim"], "seed": spec["seed"],
                "parameterisation": spec["parameterisation"], "projection_std": spec["projection_std"]}
-    record = {"made_by": "short fit on the fp32 bundle", "shots": str(shots), "queries": tuner.queries,
-              "optimizer": config.optimizer, "preset": config.preset, "seed": seed}
-    return (np.asarray(w, dtype=np.float64), options), record
+    record = {"made_by": "short fit on the fp32 bundle", "shots": str(shots), "queries": used,
+              "optimizer": "sharpzo", "preset": "edge", "seed": seed}
+    return (np.asarray(optimizer.params(state), dtype=np.float64), options), record
 
 
 def accuracy_gate(reference: str | Path, candidate: str | Path, eval_data: Any, *,
@@ -377,6 +391,7 @@ def _tuned_vector(tuned: str | Path | np.ndarray | None) -> tuple[np.ndarray | N
         raise ExportError("no tuned prompt there", path=path, hint="give a run directory of `edge-tune fit`")
     with np.load(path, allow_pickle=False) as data:
         w = np.asarray(data["w"], dtype=np.float64)
+        w = w.reshape(-1, w.shape[-1])[0]  # a fit run's prompt.npz holds one prompt per fold
         options: dict[str, Any] = {"dim": int(w.shape[-1])}
         if "spec" in data.files:  # edge-tune fit's prompt.npz: the prompt space's own spec
             spec = json.loads(str(data["spec"]))

@@ -39,7 +39,7 @@ def test_app_predicts_while_it_learns_and_swaps_finished_classifiers_in(tmp_path
 
     home = tmp_path / "home"
     swaps = []
-    live = app_module.LiveClassifier(tiny_bundle, home, config=FitConfig(val_fraction=0.25),
+    live = app_module.LiveClassifier(tiny_bundle, home, config=FitConfig(folds=2),
                                      budget=Budget(queries=40, seconds=120.0),
                                      on_swap=lambda run, result: swaps.append((run, result)))
     app = app_module.FolderApp(live, retune_after=3)
@@ -89,7 +89,7 @@ def test_app_stopped_mid_tuning_keeps_the_current_classifier(tmp_path, tiny_bund
     from edge_tune.fit import Budget, FitConfig
 
     home = tmp_path / "home"
-    live = app_module.LiveClassifier(tiny_bundle, home, config=FitConfig(val_fraction=0.25),
+    live = app_module.LiveClassifier(tiny_bundle, home, config=FitConfig(folds=2),
                                      budget=Budget(queries=1_000_000, seconds=600.0))
     write_photos(home / "shots", {"red": 4, "green": 4})
     assert live.retune()

@@ -83,27 +83,30 @@ def test_atomic_write_failure_leaves_old_file_and_no_temp(tmp_path):
 
 def test_checkpoint_round_trip_is_bit_exact(tmp_path):
     optimizer, state = _advanced_cma_state()
+    _, other = _advanced_cma_state(1)
     best = np.random.default_rng(0).normal(size=6)
     write_checkpoint(
         tmp_path,
         step=3,
         record={"step": 3, "queries": 42},
         arrays={"best_w": best},
-        optimizer_state=state,
+        optimizer_states=[state, other],  # one per cross-validation fold
     )
     loaded = read_checkpoint(tmp_path)
     assert loaded.record["queries"] == 42
     assert np.array_equal(loaded.arrays["best_w"], best)
-    _assert_same_state(loaded.optimizer_state, state)
+    assert len(loaded.optimizer_states) == 2
+    _assert_same_state(loaded.optimizer_states[0], state)
+    _assert_same_state(loaded.optimizer_states[1], other)
     # the reloaded state continues exactly like the original
-    assert np.array_equal(optimizer.ask(loaded.optimizer_state), optimizer.ask(state))
+    assert np.array_equal(optimizer.ask(loaded.optimizer_states[0]), optimizer.ask(state))
 
 
 def test_newer_checkpoint_replaces_older_and_old_one_is_removed(tmp_path):
     _, state = _advanced_cma_state(1)
-    first = write_checkpoint(tmp_path, step=1, record={"step": 1}, arrays={}, optimizer_state=state)
+    first = write_checkpoint(tmp_path, step=1, record={"step": 1}, arrays={}, optimizer_states=[state])
     second = write_checkpoint(
-        tmp_path, step=2, record={"step": 2}, arrays={}, optimizer_state=state
+        tmp_path, step=2, record={"step": 2}, arrays={}, optimizer_states=[state]
     )
     assert checkpoint_dir(tmp_path) == second and not first.exists()
     assert sorted(p.name for p in (tmp_path / STATE_DIR).iterdir()) == [LATEST, second.name]
@@ -112,11 +115,11 @@ def test_newer_checkpoint_replaces_older_and_old_one_is_removed(tmp_path):
 def test_full_disk_keeps_previous_checkpoint(tmp_path):
     _, state = _advanced_cma_state()
     good = write_checkpoint(
-        tmp_path, step=3, record={"step": 3}, arrays={"best_w": np.zeros(6)}, optimizer_state=state
+        tmp_path, step=3, record={"step": 3}, arrays={"best_w": np.zeros(6)}, optimizer_states=[state]
     )
     big = {"best_w": np.zeros(100_000)}  # 800 kB: more than the limit below lets a file grow
     with _file_size_limit(50_000), pytest.raises(CheckpointError) as err:
-        write_checkpoint(tmp_path, step=4, record={"step": 4}, arrays=big, optimizer_state=state)
+        write_checkpoint(tmp_path, step=4, record={"step": 4}, arrays=big, optimizer_states=[state])
     assert str(err.value) == (
         f"{tmp_path / STATE_DIR}: cannot write a checkpoint (File too large); "
         f"the previous checkpoint {good.name} is kept. "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from fit_support import make_colour_shots, other_bundle
@@ -24,19 +26,43 @@ def tuned(tiny_bundle, tmp_path_factory):
     return tuner, evaluation, root / "run"
 
 
-def test_predictions_agree_with_the_objective_on_the_same_images(tuned):
-    tuner, evaluation, _ = tuned
-    w, _ = tuner.selected_params()
-    _, accuracy = tuner.val_objective.evaluate(w[None])
+def test_predictions_agree_with_the_run_on_the_same_images(tuned):
+    tuner, _, run = tuned
+    result = json.loads((run / "result.json").read_text())
     paths = [s.path for s in tuner.datasets["eval"].samples]
     labels = np.array([s.label for s in tuner.datasets["eval"].samples])
-    predictions = tuner.classifier().predict(paths)
+    classifier = tuner.classifier()
+    assert classifier.name == result["shipped"]
+    predictions = classifier.predict(paths)
     predicted = np.array([p.index for p in predictions])
-    assert np.mean(predicted == labels) == accuracy[0]
+    assert np.mean(predicted == labels) == result["tuned_accuracy"]
     assert [p.label for p in predictions] == [tuner.classnames[i] for i in predicted]
-    # and the image graph run here gives the cached features the objective used
-    features = tuner.classifier().image_features(paths)
-    assert np.allclose(features, tuner.val_objective.features, atol=1e-6)
+    # and the image graph run here gives the cached features the run scored
+    features = classifier.image_features(paths)
+    assert np.allclose(features, tuner.eval_xy[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("head", ["none", "ncm", "gda", "probe", "tip"])
+def test_every_head_round_trips_through_classifier_npz(tuned, head, tmp_path):
+    """Each shipped kind (text alone, text + each head) predicts the same after save and load."""
+    tuner, _, _ = tuned
+    candidates, prompt_features = tuner.candidates()
+    blend = next(b for b in candidates if b.text == "prompt" and b.head == (None if head == "none"
+                                                                             else head))
+    in_memory = tuner.classifier(blend, prompt_features)
+    in_memory.save(tmp_path / "classifier.npz")
+    loaded = Classifier.load(tmp_path / "classifier.npz", bundle=tuner.bundle)
+    assert loaded.name == blend.name and loaded.head == blend.head
+    X = tuner.eval_xy[0]
+    assert np.array_equal(loaded.logits(X), in_memory.logits(X))
+    text = tuner.scale * X @ np.asarray(prompt_features, np.float32).astype(np.float64).T
+    head_logits = None
+    if blend.head:
+        from edge_tune.heads import apply_head, fit_head
+
+        arrays = fit_head(blend.head, tuner.X, tuner.y, len(tuner.classnames), blend.hyper)
+        head_logits = apply_head(blend.head, arrays, X)
+    assert np.allclose(loaded.logits(X), blend.logits(text, head_logits))
 
 
 def test_saved_classifier_loads_and_predicts_the_same(tuned):

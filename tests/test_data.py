@@ -16,7 +16,6 @@ from edge_tune.data import (
     load_dassl_split,
     load_eval,
     load_shots,
-    split_holdout,
 )
 from edge_tune.errors import DataError
 
@@ -139,21 +138,6 @@ def test_eval_folder_must_have_the_same_classes(tmp_path):
         r"missing 'c'; not in the training data 'd'\. Use the same",
     ):
         load_eval(tmp_path / "bad", train)
-
-
-def test_holdout_is_stratified_seeded_and_disjoint(tmp_path):
-    ds = load_shots(make_shots(tmp_path, {"a": 8, "b": 4, "c": 1}))
-    train, held = split_holdout(ds, 0.25, seed=3)
-    assert held.counts() == [2, 1, 0] and train.counts() == [6, 3, 1]
-    assert set(train.samples).isdisjoint(held.samples)
-    assert set(train.samples) | set(held.samples) == set(ds.samples)
-    again = split_holdout(ds, 0.25, seed=3)
-    assert again[1].samples == held.samples
-    other = [split_holdout(ds, 0.25, seed=s)[1].samples for s in range(4, 10)]
-    assert any(o != held.samples for o in other)
-    assert "class 'c' has 1 image(s), none held out" in train.report()
-    with pytest.raises(DataError, match="hold-out fraction 1.0 is not between 0 and 1"):
-        split_holdout(ds, 1.0, seed=0)
 
 
 def make_dassl(tmp_path: Path, per_class=(20, 20, 10)) -> Path:

@@ -157,14 +157,14 @@ def finish(proc, timeout=300) -> tuple[int, str]:
 def test_refit_merges_the_inbox_publishes_a_finished_run_and_then_rests(tmp_path, tiny_bundle):
     home = tmp_path / "state"
     write_photos(home / "inbox", {"red": 4, "green": 4})
-    status, err = finish(refit(home, tiny_bundle, "--budget-queries 40 --val-fraction 0.25"))
+    status, err = finish(refit(home, tiny_bundle, "--budget-queries 40 --folds 2"))
     assert status == 0, err
     assert list((home / "inbox").iterdir()) == []
     assert sorted(p.name for p in (home / "shots").iterdir()) == ["green", "red"]
     current = home / "current"
     assert current.is_symlink() and (current / "classifier.npz").is_file()
     assert not (home / "active").exists()
-    status, err = finish(refit(home, tiny_bundle, "--budget-queries 40 --val-fraction 0.25"))
+    status, err = finish(refit(home, tiny_bundle, "--budget-queries 40 --folds 2"))
     assert status == 0 and "nothing new to learn" in err
     predicted = subprocess.run([str(EDGE_TUNE), "predict", str(current), str(home / "shots" / "red"),
                                 "--json"], capture_output=True, text=True)
@@ -174,7 +174,7 @@ def test_refit_merges_the_inbox_publishes_a_finished_run_and_then_rests(tmp_path
 def test_refit_stopped_mid_fit_resumes_the_same_run(tmp_path, tiny_bundle):
     home = tmp_path / "state"
     write_photos(home / "inbox", {"red": 4, "green": 4})
-    args = "--budget-queries 100000 --val-fraction 0.25 --checkpoint-every 1s"
+    args = "--budget-queries 100000 --folds 2 --checkpoint-every 1s"
     proc = refit(home, tiny_bundle, args)
     deadline = time.monotonic() + 240
     while not list((home / "runs").glob("*/state/LATEST")) and time.monotonic() < deadline:
@@ -239,7 +239,7 @@ def test_runtime_runs_on_python_310_with_onnxruntime_123(tmp_path, tiny_bundle):
     et = str(venv / "bin/edge-tune")
     env = dict(os.environ, EDGE_TUNE_CACHE=str(tmp_path / "cache"))
     fit = subprocess.run([et, "fit", "--data", str(data), "--bundle", str(tiny_bundle),
-                          "--budget-queries", "40", "--val-fraction", "0.25", "--out",
+                          "--budget-queries", "40", "--folds", "2", "--out",
                           str(tmp_path / "run"), "--json"], capture_output=True, text=True,
                          cwd=tmp_path, env=env, timeout=600)
     assert fit.returncode == 0, fit.stderr

@@ -54,6 +54,8 @@ def fitted_run(tiny_bundle, colour_task, tmp_path_factory):
                 "0",
                 "--threads",
                 "1",
+                "--head",
+                "none",
             ]
         )
     return run
@@ -70,19 +72,22 @@ def test_parse_duration_reads_the_usual_forms():
 
 def test_fit_beats_zero_shot_and_writes_every_artifact(fitted_run):
     result = json.loads((fitted_run / "result.json").read_text())
-    # a real margin on held-out images, not an exact number
+    # the prompt alone (--head none): a real margin on held-out images, not an exact number
+    assert result["shipped"] == "prompt", result
     assert result["tuned_accuracy"] >= result["zero_shot_accuracy"] + 0.15, result
-    assert result["data"]["validation"] == "eval set" and result["selected"] == "final"
+    assert result["accuracy_on"] == "eval set" and result["data"]["folds"] == 4
+    assert [c["name"] for c in result["candidates"]] == ["zero-shot", "prompt"]
     assert result["queries"] <= BUDGET and result["finished"] is True
     assert result["peak_rss_mb"] > 0
 
     prompt = np.load(fitted_run / "prompt.npz", allow_pickle=False)
-    assert prompt["w"].shape == (512,) and prompt["w"].dtype == np.float64
+    assert prompt["w"].shape == (4, 512) and prompt["w"].dtype == np.float64  # one per fold
+    assert int(prompt["format_version"]) == 2
     assert list(prompt["classnames"]) == ["blue", "green", "red", "yellow"]
-    assert str(prompt["context_init"]) == "a photo of a" and str(prompt["preset"]) == "edge"
+    assert str(prompt["preset"]) == "edge" and str(prompt["optimizer"]) == "sharpzo"
     assert str(prompt["bundle_hash"]) == result["bundle"]["hash"]
-    assert tuple(prompt["projection_shape"]) == prompt["projection"].shape
-    assert json.loads(str(prompt["spec"]))["seed"] == 0
+    spec = json.loads(str(prompt["spec"]))
+    assert spec["seed"] == 0 and spec["init"] == "a photo of a"
 
     classifier = np.load(fitted_run / "classifier.npz", allow_pickle=False)
     features = classifier["class_features"]
@@ -93,9 +98,12 @@ def test_fit_beats_zero_shot_and_writes_every_artifact(fitted_run):
     with Image.open(fitted_run / "curve.png") as curve:
         assert curve.format == "PNG" and curve.size == (900, 620)
     metrics = [json.loads(line) for line in (fitted_run / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in metrics] == sorted({*range(0, result["steps"], 10), result["steps"]})
-    assert max(m["val_accuracy"] for m in metrics) == pytest.approx(result["best"]["val_accuracy"])
+    # every 10 rounds of the 4 folds, and at the end
+    assert [m["step"] for m in metrics] == sorted({*range(0, result["steps"], 40), result["steps"]})
     assert metrics[-1]["queries"] == result["queries"]
+    prompt_row = result["candidates"][1]
+    assert metrics[-1]["eval_accuracy"] == pytest.approx(prompt_row["eval_accuracy"])
+    assert all(0 <= m["val_accuracy"] <= 1 for m in metrics)
 
 
 def test_fit_json_prints_result_and_summary_reads_well(tiny_bundle, colour_task, tmp_path, capsys):
@@ -126,8 +134,8 @@ def test_fit_json_prints_result_and_summary_reads_well(tiny_bundle, colour_task,
             "fit",
             "--data",
             shots,
-            "--val-fraction",
-            "0.25",
+            "--folds",
+            "2",
             "--bundle",
             tiny_bundle,
             "--budget-queries",
@@ -141,8 +149,10 @@ def test_fit_json_prints_result_and_summary_reads_well(tiny_bundle, colour_task,
     )
     assert code == 0, err
     assert re.match(
-        r"zero-shot accuracy: \d+\.\d% +\(hold-out of the shots, 8 images\)\n"
-        r"tuned accuracy: +\d+\.\d% +\(final prompt; best on validation \d+\.\d% at step \d+\)\n"
+        r"cross-validated on the shots \(32 images, 2 folds\):\n"
+        r"(( ->|   ) [a-z +-]+ +cv +\d+\.\d%  loss \d\.\d{3}\n){14}"
+        r"shipped: [a-z +-]+ \(lowest cross-validated loss; cv accuracy [+-]\d+\.\d points over "
+        r"zero-shot.*\)\n"
         r"queries \d+ \(\+\d+ to evaluate\), \d+ steps",
         out,
     ), out
@@ -199,18 +209,19 @@ def test_bad_data_and_budgets_are_one_line_errors(tiny_bundle, colour_task, tmp_
 def test_tuner_steps_count_queries_and_callbacks_stop(tiny_bundle, colour_task):
     shots, evaluation = colour_task
     tuner = Tuner(tiny_bundle, shots, eval_set=evaluation, config=FitConfig(budget_queries=None))
-    candidates = tuner.optimizer.ask(tuner.opt_state)
-    info = tuner.step()
-    assert tuner.queries == len(candidates) and tuner.state.step == 1 and "stage" in info
+    per_step = len(tuner.optimizers[0].ask(tuner.opt_states[0]))
     seen = []
-    state = tuner.run(callback=lambda t, i: seen.append(t.queries) or len(seen) < 3)
-    assert len(seen) == 3 and state.step == 4 and not state.finished
-    tuner.run(budget=Budget(queries=tuner.queries + 2 * len(candidates)))
-    assert tuner.state.finished and tuner.queries <= seen[-1] + 2 * len(candidates)
-    stopper = Tuner(tiny_bundle, shots, config=FitConfig(budget_queries=None, val_fraction=0.0))
+    state = tuner.run(callback=lambda t, i: seen.append((t.state.queries, i["fold"])) or len(seen) < 6)
+    # the folds take turns, the one with the fewest queries first
+    assert [fold for _, fold in seen] == [0, 1, 2, 3, 0, 1]
+    assert [q for q, _ in seen] == [per_step * (i + 1) for i in range(6)]
+    assert state.step == 6 and not state.finished
+    tuner.run(budget=Budget(queries=state.queries + 2 * per_step))
+    assert tuner.state.finished and tuner.state.queries == state.queries + 2 * per_step
+    stopper = Tuner(tiny_bundle, shots, config=FitConfig(budget_queries=None, head="none"))
     stopper.stop()
     assert stopper.run(callback=lambda t, i: t.stop()).step == 1
-    assert stopper.state.val_accuracy is None and stopper.selected_params()[1] == "final"
+    assert stopper.state.eval_accuracy is None and stopper.state.val_accuracy is not None
 
 
 def test_resume_refuses_other_bundle_or_data_and_changes_nothing(
@@ -270,8 +281,8 @@ def test_save_load_continue_equals_an_uninterrupted_run(tiny_bundle, colour_task
 
     halted = Tuner(tiny_bundle, shots, eval_set=evaluation, config=config, run_dir=tmp_path / "b")
     halted.run(budget=Budget(queries=100))
-    resumed = Tuner.load(tmp_path / "b")
-    assert resumed.queries == halted.queries and resumed.budget == Budget(queries=100)
+    resumed = Tuner.resume(tmp_path / "b")
+    assert resumed.state.queries == halted.state.queries and resumed.budget == Budget(queries=100)
     resumed.run(budget=Budget(queries=240))
     resumed.finish()
     for name in ("prompt.npz", "classifier.npz"):
@@ -376,3 +387,49 @@ def test_bundle_comes_from_the_flag_then_the_environment_then_the_shipped_one(
         f"{tmp_path / 'shipped'}: no bundle given and the shipped mini-world bundle is not there. "
         "Pass --bundle DIR (or set EDGE_TUNE_BUNDLE)"
     )
+
+
+def test_a_resumed_run_uses_the_settings_it_recorded_not_todays_presets(
+    tiny_bundle, colour_task, tmp_path, monkeypatch
+):
+    """Editing a preset after a run started changes nothing of that run when it resumes."""
+    from edge_tune.optim import presets
+
+    shots, _ = colour_task
+    config = FitConfig(budget_queries=240, seed=2, head="none")
+    straight = Tuner(tiny_bundle, shots, config=config, run_dir=tmp_path / "a")
+    straight.run()
+    straight.finish()
+    halted = Tuner(tiny_bundle, shots, config=config, run_dir=tmp_path / "b")
+    halted.run(budget=Budget(queries=80))
+    recorded = json.loads(next((tmp_path / "b" / "state").glob("ckpt-*/tuner.json")).read_text())
+    assert recorded["optimizers"][0]["config"]["step_size"] == presets.PRESET_VALUES["edge"][
+        "sharpzo"]["step_size"]
+    edited = {**presets.PRESET_VALUES["edge"]["sharpzo"], "step_size": 3.0}
+    monkeypatch.setitem(presets.PRESET_VALUES["edge"], "sharpzo", edited)
+    resumed = Tuner.resume(tmp_path / "b", budget_queries=240)
+    assert all(opt.config.step_size != 3.0 for opt in resumed.optimizers)
+    resumed.run()
+    resumed.finish()
+    for name in ("prompt.npz", "classifier.npz"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    result = json.loads((tmp_path / "b" / "result.json").read_text())
+    assert result["optimizers"][0]["step_size"] == recorded["optimizers"][0]["config"]["step_size"]
+
+
+def test_one_photo_per_class_fits_and_says_what_the_folds_cannot_see(
+    tiny_bundle, tmp_path, capsys
+):
+    shots = make_colour_shots(tmp_path / "one", per_class=1)
+    code, out, err = cli_in_process(
+        ["fit", "--data", shots, "--bundle", tiny_bundle, "--budget-queries", 80,
+         "--out", tmp_path / "run", "--json"], capsys)
+    assert code == 0, err
+    assert err == (
+        "4 class(es) with one photo ('blue', 'green', 'red', ...): cross-validation cannot see "
+        "what a head or a tuned prompt gains for them, so fit leans to zero-shot; add a second "
+        "photo\n")
+    result = json.loads(out)
+    assert result["data"]["folds"] == 4 and result["data"]["train_images"] == 4
+    rows = {row["name"]: row for row in result["candidates"]}
+    assert rows[result["shipped"]]["cv_loss"] <= rows["zero-shot"]["cv_loss"]
