@@ -386,6 +386,10 @@ def bench_speed_command(bundle, classes, population, provider, threads, repeats,
     from edge_tune.bench import bench_speed, speed_table
     from edge_tune.fit import resolve_bundle
 
+    try:  # onnx reads the graph's cost and builds the GEMM probe graphs
+        import onnx  # noqa: F401
+    except ModuleNotFoundError as err:
+        raise _missing_bench_extra(err) from err
     report = bench_speed(resolve_bundle(bundle), classes=classes, population=population,
                          provider=provider, threads=threads, repeats=repeats,
                          reference=not no_reference)
@@ -435,6 +439,12 @@ def bench_accuracy_command(args) -> None:
     from edge_tune.bench_accuracy import main as bench_accuracy_main
 
     bench_accuracy_main(list(args), prog="edge-tune bench accuracy")
+
+
+def _missing_bench_extra(err: ImportError) -> EdgeTuneError:
+    name = (err.name or "").split(".")[0]
+    return EdgeTuneError(f"the benchmarks need a package that is not installed ({name})",
+                         hint="Install the extra: pip install 'edge-tune[bench]'")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -253,7 +253,7 @@ def fold_seed(seed: int, fold: int) -> int:
 
 
 def _refuse_if_changed(run_dir, what: str, mine: str | None, theirs: str | None) -> None:
-    if mine != theirs:  # checked before anything is computed or written
+    if mine != theirs:
         raise CheckpointError(
             f"the run was made with {what} (hash {str(theirs)[:12]}, now {str(mine)[:12]}); "
             "nothing was changed",
@@ -326,9 +326,9 @@ class Tuner:
             "data_hash": dataset_hash(shots),
             "eval_hash": None if eval_set is None else dataset_hash(eval_set),
         }
-        for key, what in (("bundle_hash", "another bundle"), ("data_hash", "other data"),
-                          ("eval_hash", "other evaluation data")):
-            if _expect is not None:
+        if _expect is not None:  # before any image is encoded or any file written
+            for key, what in (("bundle_hash", "another bundle"), ("data_hash", "other data"),
+                              ("eval_hash", "other evaluation data")):
                 _refuse_if_changed(_expect["run_dir"], what, self.hashes[key], _expect[key])
         self.sources = {
             "bundle": str(Path(self.bundle.path).resolve()),

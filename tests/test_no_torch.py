@@ -76,3 +76,34 @@ def test_info_runs_and_export_names_the_extra_without_torch(tiny_bundle, tmp_pat
     assert export.stderr == ("Error: edge-tune export needs PyTorch and transformers: "
                              "pip install 'edge-tune[export]'\n")
     assert not (tmp_path / "b").exists()
+
+
+def test_fit_eval_predict_and_info_run_without_onnx(tiny_bundle, tmp_path):
+    """onnx is no runtime dependency: with it (and torch) blocked, the device commands all run,
+    and the speed benchmark, which builds graphs with it, names the extra to install."""
+    from fit_support import make_colour_shots
+
+    env = blocked_env(tmp_path)
+    (tmp_path / "sitecustomize.py").write_text(
+        BLOCKER.replace('("torch", "transformers", "torchvision")',
+                        '("torch", "transformers", "torchvision", "onnx")'))
+    env["EDGE_TUNE_CACHE"] = str(tmp_path / "cache")
+    shots = make_colour_shots(tmp_path / "shots", per_class=4)
+
+    def edge_tune(*args):
+        return subprocess.run([sys.executable, "-m", "edge_tune", *map(str, args)],
+                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+
+    run = tmp_path / "run"
+    for args in (("info", tiny_bundle),
+                 ("fit", "--bundle", tiny_bundle, "--data", shots, "--budget-queries", 80,
+                  "--out", run),
+                 ("eval", "--bundle", tiny_bundle, "--data", shots, "--run", run),
+                 ("predict", run, shots / "red")):
+        done = edge_tune(*args)
+        assert done.returncode == 0, (args, done.stderr)
+        assert "onnx" not in done.stderr
+    speed = edge_tune("bench", "speed", "--bundle", tiny_bundle, "--no-reference", "--repeats", 1)
+    assert speed.returncode == 1
+    assert speed.stderr == ("Error: the benchmarks need a package that is not installed (onnx). "
+                            "Install the extra: pip install 'edge-tune[bench]'\n")
