@@ -338,7 +338,6 @@ class Tuner:
         }
         self.datasets = {"shots": shots, "eval": eval_set}  # for the CLI to report skipped files
         self.classnames = list(shots.classnames)
-        K = len(self.classnames)
 
         # Image features once (from the on-disk cache when possible); the image session is not kept.
         def features(dataset):
@@ -366,37 +365,8 @@ class Tuner:
         self.scorer = PromptObjective(self.text_session, self.space, self.X, self.y,
                                       logit_scale=self.scale)
 
-        # Zero-shot (w = 0, the template prompt) and every cheap head, scored out of fold.
-        self.zero_shot_features = self.scorer.class_features(np.zeros(self.space.dim))
-        zero_logits = self.scale * self.X @ self.zero_shot_features.astype(np.float64).T
-        self.cheap = [select.text_alone("zero-shot", zero_logits, self.y)]
-        self.head_logits: dict[str, np.ndarray] = {}  # out-of-fold, at the chosen hyper-parameters
-        for name in config.heads:
-            alone, blend, logits = select.tune_head(name, self.X, self.y, K, self.folds,
-                                                    "zero-shot", zero_logits)
-            self.cheap += [alone, blend]
-            self.head_logits[name] = logits
-        blends = [b for b in self.cheap if b.text and b.head]
-        self.tuning_blend = (select.choose(blends) if blends and config.tune_for == "hybrid"
-                             else None)
-        self.offset_weight = (0.0 if self.tuning_blend is None
-                              else select.tuning_offset_weight(self.tuning_blend))
-
-        # One objective per fold: its training folds, scored through the hybrid they would become.
-        self.objectives, self.val_offsets = [], []
-        for fold in range(k):
-            train = self.folds != fold
-            offset = val_offset = None
-            if self.offset_weight:
-                head, hyper = self.tuning_blend.head, self.tuning_blend.hyper
-                nested = select.out_of_fold_head(head, hyper, self.X, self.y, K, self.folds,
-                                                 skip=fold)
-                offset = self.offset_weight * nested[train]
-                val_offset = self.offset_weight * self.head_logits[head][~train]
-            self.objectives.append(PromptObjective(
-                self.text_session, self.space, self.X[train], self.y[train],
-                logit_scale=self.scale, offset=offset))
-            self.val_offsets.append(val_offset)
+        self._fit_cheap_heads()
+        self._build_fold_objectives()
         self.optimizers = [
             make_optimizer(config.optimizer, self.space.dim, preset=config.preset,
                            seed=fold_seed(config.seed, fold))
@@ -412,6 +382,43 @@ class Tuner:
         self._evaluate()
         if run_dir is not None:
             self.attach(run_dir)
+
+    def _fit_cheap_heads(self) -> None:
+        """Zero-shot (w = 0, the template prompt) and every head of the config, scored out of fold;
+        the blend the prompts are tuned under when `tune_for="hybrid"`."""
+        K = len(self.classnames)
+        self.zero_shot_features = self.scorer.class_features(np.zeros(self.space.dim))
+        zero_logits = self.scale * self.X @ self.zero_shot_features.astype(np.float64).T
+        self.cheap = [select.text_alone("zero-shot", zero_logits, self.y)]
+        self.head_logits: dict[str, np.ndarray] = {}  # out-of-fold, at the chosen hyper-parameters
+        for name in self.config.heads:
+            alone, blend, logits = select.tune_head(name, self.X, self.y, K, self.folds,
+                                                    "zero-shot", zero_logits)
+            self.cheap += [alone, blend]
+            self.head_logits[name] = logits
+        blends = [b for b in self.cheap if b.text and b.head]
+        self.tuning_blend = (select.choose(blends) if blends and self.config.tune_for == "hybrid"
+                             else None)
+        self.offset_weight = (0.0 if self.tuning_blend is None
+                              else select.tuning_offset_weight(self.tuning_blend))
+
+    def _build_fold_objectives(self) -> None:
+        """One objective per fold on its training folds (through the hybrid when tuned for it),
+        and the head offsets its held-out fold is scored with."""
+        self.objectives, self.val_offsets = [], []
+        for fold in range(len(np.unique(self.folds))):
+            train = self.folds != fold
+            offset = val_offset = None
+            if self.offset_weight:
+                head, hyper = self.tuning_blend.head, self.tuning_blend.hyper
+                nested = select.out_of_fold_head(head, hyper, self.X, self.y,
+                                                 len(self.classnames), self.folds, skip=fold)
+                offset = self.offset_weight * nested[train]
+                val_offset = self.offset_weight * self.head_logits[head][~train]
+            self.objectives.append(PromptObjective(
+                self.text_session, self.space, self.X[train], self.y[train],
+                logit_scale=self.scale, offset=offset))
+            self.val_offsets.append(val_offset)
 
     # -- the loop ------------------------------------------------------------------------------
 

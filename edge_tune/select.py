@@ -129,10 +129,26 @@ def _better(a: tuple[float, float], b: tuple[float, float] | None) -> bool:
     return b is None or a[1] < b[1] - 1e-9 or (abs(a[1] - b[1]) <= 1e-9 and a[0] > b[0] + 1e-9)
 
 
+def losses_at(logits: np.ndarray, labels: np.ndarray, temperatures, *,
+              memory_cap: int = 32 * 2**20) -> np.ndarray:
+    """f64[T] mean cross-entropy of `t · logits` for each temperature t: `loss_and_accuracy`'s
+    arithmetic, several temperatures per pass (as many as fit in `memory_cap`)."""
+    temperatures = np.asarray(temperatures, dtype=np.float64)
+    rows = np.arange(len(labels))
+    per_pass = max(1, int(memory_cap) // max(1, logits.size * 8))
+    out = np.empty(len(temperatures))
+    for start in range(0, len(temperatures), per_pass):
+        z = temperatures[start:start + per_pass, None, None] * logits[None]  # [t, N, K]
+        peak = z.max(axis=2, keepdims=True)
+        log_norm = peak[..., 0] + np.log(np.exp(z - peak).sum(axis=2))
+        out[start:start + len(z)] = np.mean(log_norm - z[:, rows, labels], axis=1)
+    return out
+
+
 def calibrate(blend: Blend, text_logits, head_logits, labels) -> Blend:
     """`blend` with the temperature of lowest out-of-fold cross-entropy, and its scores."""
     base = replace(blend, temperature=1.0).logits(text_logits, head_logits)
-    losses = [loss_and_accuracy(t * base, labels)[0] for t in TEMPERATURES]
+    losses = losses_at(base, labels, TEMPERATURES)
     best = int(np.argmin(losses))
     return replace(blend, temperature=float(TEMPERATURES[best]), cv_loss=float(losses[best]),
                    cv_accuracy=loss_and_accuracy(base, labels)[1])

@@ -132,3 +132,14 @@ def test_temperature_calibration_lowers_the_loss_and_keeps_the_accuracy():
     blend = select.text_alone("zero-shot", logits, y)
     raw_loss, raw_acc = select.loss_and_accuracy(logits / select.spread(logits), y)
     assert blend.cv_loss < raw_loss and blend.cv_accuracy == raw_acc
+
+
+def test_temperatures_scored_together_equal_one_by_one_to_the_bit():
+    rng = np.random.default_rng(4)
+    for N, K in ((7, 3), (160, 10), (50, 37)):
+        logits = 12.0 * rng.standard_normal((N, K))
+        labels = rng.integers(0, K, N)
+        one_by_one = [select.loss_and_accuracy(t * logits, labels)[0] for t in select.TEMPERATURES]
+        for cap in (1, 32 * 2**20):  # one temperature per pass, or all of them
+            together = select.losses_at(logits, labels, select.TEMPERATURES, memory_cap=cap)
+            assert np.array_equal(together, one_by_one)
