@@ -230,7 +230,7 @@ class _EncodingBar:
 @click.option("--head", type=click.Choice(list(HEAD_CHOICES)),
               help="Image heads to consider beside the prompt [auto: all of them].")
 @click.option("--tune-for", type=click.Choice(list(TUNE_FOR)),
-              help="Score candidate prompts alone, or through the prompt + head hybrid [prompt].")
+              help="Score candidate prompts alone (then blend a head), or through the hybrid [prompt].")
 @click.option("--folds", type=click.IntRange(2), help="Cross-validation folds of the shots [4].")
 @click.option("--preset", type=click.Choice(list(PRESETS)), help="Optimiser preset [edge].")
 @click.option("--optimizer", type=click.Choice(list(OPTIMIZERS)), help="Optimiser [sharpzo].")

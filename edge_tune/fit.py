@@ -50,7 +50,7 @@ from edge_tune.report import MetricsLog, draw_curve, read_metrics
 
 PRESETS = ("edge", "paper")
 HEAD_CHOICES = ("auto", "none", *HEAD_NAMES)
-TUNE_FOR = ("hybrid", "prompt")
+TUNE_FOR = ("prompt", "hybrid")
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "models" / "miniworld" / "bundle"
 RESULT_FORMAT = 2
 
