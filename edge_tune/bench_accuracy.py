@@ -179,8 +179,7 @@ def summarise(report: dict) -> dict:
                 row["best cheap"], row["best cheap name"] = row[best], best
                 row["spread"] = (statistics.stdev([100 * r["candidates"][r["shipped"]]["test"]
                                                    for r in mine]) if len(mine) > 1 else 0.0)
-                reach = [queries_to_gain(r["curve"]) for r in mine]
-                row["q90"] = [q for q in reach]
+                row["q90"] = [queries_to_gain(r["curve"]) for r in mine]
                 row["area"] = 100 * statistics.fmean(curve_area(r["curve"]) for r in mine)
                 row["shipped names"] = [r["shipped"] for r in mine]
                 row["seeds"] = len(mine)

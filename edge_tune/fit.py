@@ -376,6 +376,7 @@ class Tuner:
         self.run_state = RunState(folds=k, eval_queries=1)  # 1: the zero-shot features
         self.history: list[dict] = []
         self._texts: tuple[int, list[np.ndarray]] | None = None  # (step, fold prompts' features)
+        self._full_heads: dict[tuple, dict] = {}  # heads fitted on all the shots (_full_head)
         self._stop_requested = False
         self.run_dir: Path | None = None
         self.metrics: MetricsLog | None = None
@@ -526,6 +527,7 @@ class Tuner:
         """Score every fold's prompt on its training and held-out folds; log one metrics line."""
         rs = self.run_state
         texts = self._fold_text()
+        prompt_logits = self._out_of_fold_text_logits(texts)
         train_loss, train_acc, correct = [], [], 0.0
         for fold, (text, objective) in enumerate(zip(texts, self.objectives)):
             loss, acc = score(objective.features, objective.labels, text, self.scale,
@@ -533,7 +535,7 @@ class Tuner:
             train_loss.append(float(loss[0]))
             train_acc.append(float(acc[0]))
             held = self.folds == fold
-            logits = self.scale * self.X[held] @ text.T
+            logits = prompt_logits[held]
             if self.val_offsets[fold] is not None:
                 logits = logits + self.val_offsets[fold]
             right = np.argmax(logits, axis=1) == self.y[held]
@@ -551,6 +553,14 @@ class Tuner:
             self.metrics.append(record)
         return record
 
+    def _out_of_fold_text_logits(self, texts: list[np.ndarray]) -> np.ndarray:
+        """f64[N, K]: each image's text logits from the prompt of its own fold (tuned without it)."""
+        logits = np.zeros((len(self.y), len(self.classnames)))
+        for fold, text in enumerate(texts):
+            held = self.folds == fold
+            logits[held] = self.scale * self.X[held] @ text.T
+        return logits
+
     def _eval_report(self, texts: list[np.ndarray]) -> float | None:
         """Accuracy on --eval of the fold prompts' ensemble under the tuning blend (report only)."""
         if self.eval_xy is None:
@@ -558,13 +568,18 @@ class Tuner:
         X, y = self.eval_xy
         logits = self.scale * X @ ensemble(texts).T
         if self.offset_weight:
-            logits = logits + self.offset_weight * self._full_head(self.tuning_blend, X)
+            blend = self.tuning_blend
+            logits = logits + self.offset_weight * apply_head(
+                blend.head, self._full_head(blend.head, blend.hyper), X)
         return float(np.mean(np.argmax(logits, axis=1) == y))
 
-    def _full_head(self, blend: select.Blend, X: np.ndarray) -> np.ndarray:
-        """The head of `blend`, fitted on all the shots, applied to X."""
-        arrays = fit_head(blend.head, self.X, self.y, len(self.classnames), blend.hyper)
-        return apply_head(blend.head, arrays, X)
+    def _full_head(self, name: str, hyper: dict) -> dict:
+        """The arrays of head `name` fitted on all the shots (once per hyper-parameters: the
+        evaluations, every candidate's report and the shipped classifier share them)."""
+        key = (name, tuple(sorted(hyper.items())))
+        if key not in self._full_heads:
+            self._full_heads[key] = fit_head(name, self.X, self.y, len(self.classnames), hyper)
+        return self._full_heads[key]
 
     @property
     def stage(self) -> str:
@@ -685,10 +700,7 @@ class Tuner:
         """Every classifier the run could ship, scored on the folds, and the prompts' ensemble
         features f64[K, P] (costs k evaluation queries)."""
         texts = self._fold_text()
-        prompt_logits = np.zeros((len(self.y), len(self.classnames)))
-        for fold, text in enumerate(texts):
-            held = self.folds == fold
-            prompt_logits[held] = self.scale * self.X[held] @ text.T
+        prompt_logits = self._out_of_fold_text_logits(texts)
         tuned = [select.text_alone("prompt", prompt_logits, self.y)]
         for blend in self.cheap:
             if blend.text and blend.head:
@@ -705,8 +717,7 @@ class Tuner:
             candidates, prompt_features = self.candidates()
             blend = select.choose(candidates)
         text = prompt_features if blend.text == "prompt" else self.zero_shot_features
-        head_arrays = ({} if blend.head is None else
-                       fit_head(blend.head, self.X, self.y, len(self.classnames), blend.hyper))
+        head_arrays = {} if blend.head is None else self._full_head(blend.head, blend.hyper)
         return Classifier(
             classnames=list(self.classnames),
             class_features=np.asarray(text, np.float32),
@@ -757,7 +768,7 @@ class Tuner:
                      "folds": rs.folds},
             "classnames": self.classnames,
             "config": asdict(self.config),
-            "optimizers": [asdict(opt.config) for opt in self.optimizers[:1]],
+            "optimizers": [asdict(opt.config) for opt in self.optimizers],  # one per fold
             "tuned_for": None if self.tuning_blend is None else self.tuning_blend.name,
             "shipped": shipped.name,
             "candidates": rows,
