@@ -98,21 +98,25 @@ def export_command(model, source_dir, out, provider, opset, token_table, shared_
 
 
 @cli.command("info")
-@click.argument("bundle_dir", metavar="BUNDLE", type=click.Path(path_type=Path))
+@click.argument("bundle_dir", metavar="[BUNDLE]", required=False, type=click.Path(path_type=Path))
 @click.option("--provider", default="auto", show_default=True, help="Execution provider for the timed forward.")
 @click.option("--threads", type=click.IntRange(1), help="ORT intra-op threads.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def info_command(bundle_dir, provider, threads, as_json) -> None:
     """Check a bundle (hashes, graphs, provider) and time one text forward.
 
+    BUNDLE defaults to $EDGE_TUNE_BUNDLE, else the shipped mini-world bundle.
+
     \b
     Examples:
+      edge-tune info
       edge-tune info bundles/tiny
       edge-tune info bundles/b16 --provider cuda --json
     """
     from edge_tune.bundle import bundle_info
+    from edge_tune.fit import resolve_bundle
 
-    info = bundle_info(bundle_dir, provider=provider, threads=threads)
+    info = bundle_info(resolve_bundle(bundle_dir), provider=provider, threads=threads)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return

@@ -16,7 +16,7 @@ which also feeds SharpZO's plateau switch) and, if an `eval_set` was given, on i
 `finish()` compares zero-shot, every head, zero-shot + head, the tuned prompt (the fold prompts'
 ensemble) and prompt + head on the same folds and ships the best (`edge_tune.select`).
 
-    tuner = Tuner("models/miniworld/bundle", "shots/", config=FitConfig(budget_queries=2000))
+    tuner = Tuner("edge_tune/bundles/miniworld", "shots/", config=FitConfig(budget_queries=2000))
     tuner.run()
     result = tuner.finish()
 """
@@ -51,7 +51,8 @@ from edge_tune.report import MetricsLog, draw_curve, read_metrics
 PRESETS = ("edge", "paper")
 HEAD_CHOICES = ("auto", "none", *HEAD_NAMES)
 TUNE_FOR = ("prompt", "hybrid")
-DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "models" / "miniworld" / "bundle"
+#: The mini-world bundle, package data: what `fit`, `eval` and `info` use without --bundle.
+DEFAULT_BUNDLE = Path(__file__).resolve().parent / "bundles" / "miniworld"
 RESULT_FORMAT = 2
 
 

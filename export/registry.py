@@ -1,8 +1,8 @@
-"""Model names -> sources, read from `models/registry.json`.
+"""Model names -> sources, read from `registry.json` (package data of edge_tune_export).
 
 The registry is data, not code, so adding a checkpoint is one JSON entry. Hub entries name a Hugging
 Face id; `random` entries describe a seeded `CLIPConfig`, for tests (`tiny-random`) and for speed and
-memory work at real shapes (`b16-random`). Both random models use the CLIP BPE file in `models/clip-bpe`.
+memory work at real shapes (`b16-random`). Both random models use the CLIP BPE file in `data/clip-bpe` (package data too).
 """
 
 from __future__ import annotations
@@ -13,19 +13,19 @@ from pathlib import Path
 
 from edge_tune.errors import ExportError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-REGISTRY_FILE = REPO_ROOT / "models" / "registry.json"
-CLIP_BPE_TOKENIZER = REPO_ROOT / "models" / "clip-bpe" / "tokenizer.json"
+DATA = Path(__file__).resolve().parent / "data"
+REGISTRY_FILE = DATA / "registry.json"
+CLIP_BPE_TOKENIZER = DATA / "clip-bpe" / "tokenizer.json"
 
 
 @lru_cache(maxsize=1)
 def load_registry(path: Path = REGISTRY_FILE) -> dict[str, dict]:
-    """name -> entry, from `models/registry.json`."""
+    """name -> entry, from the registry file."""
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))["models"]
     except (OSError, ValueError, KeyError) as err:
         raise ExportError(f"cannot read the model registry ({err})", path=path,
-                          hint="restore models/registry.json from the repository") from None
+                          hint="reinstall edge-tune[export]; the registry ships with it") from None
 
 
 def known_names() -> list[str]:

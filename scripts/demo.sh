@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Set everything up, then tune the shipped mini-world CLIP (models/miniworld/bundle) on the shipped demo
-# task (models/miniworld/demo: Fashion-MNIST with inverted intensities, 16 shots per class) with default
+# Tune the shipped mini-world CLIP (edge_tune/bundles/miniworld) on the shipped demo task
+# (models/miniworld/demo: Fashion-MNIST with inverted intensities, 16 shots per class) with default
 # settings, and compare zero-shot and the shipped classifier's accuracy on the demo's evaluation
 # images, which the run never sees (it makes every choice by cross-validation on the shots).
+# Installs only the runtime ([cpu], no torch) into ./.venv, and nothing when it is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh cpu
 ET=.venv/bin/edge-tune
 DEMO=models/miniworld/demo
 RUN=${1:-runs/demo-$(date +%Y%m%d-%H%M%S)}

@@ -5,7 +5,7 @@ The tuned prompt of each task is the export gate's own short fit (`short_fit_pro
 is subsampled to 1,000 images (seed 0) where it is larger. The quantised bundles come from
 `edge-tune export miniworld --source models/miniworld/clip --quantize int8|--fp16 --out DIR`.
 
-    python scripts/quantize_figures.py models/miniworld/bundle INT8_DIR FP16_DIR [TASK ...]
+    python scripts/quantize_figures.py edge_tune/bundles/miniworld INT8_DIR FP16_DIR [TASK ...]
     (TASK: a folder name under /tmp/miniworld/tasks, see models/miniworld/README.md)
 """
 

@@ -11,7 +11,7 @@
 # (--no-service), so the Pi installer is exercised too.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-BUNDLE=$REPO/models/miniworld/bundle
+BUNDLE=$REPO/edge_tune/bundles/miniworld
 DATA='' EVAL='' WORK='' BUDGET=400
 # Address space (virtual) vs resident memory: ORT and glibc reserve far more address space than they
 # touch (thread stacks, malloc arenas), so the AS cap that still lets a run finish is larger than the

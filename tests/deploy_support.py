@@ -12,7 +12,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 EDGE_TUNE = BIN / "edge-tune"
-MINIWORLD_BUNDLE = REPO / "models" / "miniworld" / "bundle"
+MINIWORLD_BUNDLE = REPO / "edge_tune" / "bundles" / "miniworld"
 MINIWORLD_DEMO = REPO / "models" / "miniworld" / "demo"
 
 

@@ -10,7 +10,7 @@ import pytest
 from edge_tune.errors import BundleError
 from edge_tune.tokenizer import ClipTokenizer
 
-CLIP_BPE = Path(__file__).resolve().parent.parent / "models" / "clip-bpe" / "tokenizer.json"
+CLIP_BPE = Path(__file__).resolve().parent.parent / "export" / "data" / "clip-bpe" / "tokenizer.json"
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ and only a finished run's classifier replaces the current one, by swapping one r
 hold the old one until they are done) and one symlink (renamed into place, so a restart finds a
 complete run). Dependencies: edge-tune's runtime only (numpy, onnxruntime, pillow).
 
-    python deploy/app/photo_sorter.py --bundle models/miniworld/bundle --home ~/sorter
+    python deploy/app/photo_sorter.py --bundle edge_tune/bundles/miniworld --home ~/sorter
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ case $(uname -m) in
 esac
 command -v "$PYTHON" >/dev/null || die "$PYTHON not found. Install it: sudo apt install python3 python3-venv"
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
-  die "$("$PYTHON" --version 2>&1) is too old: edge-tune needs Python >= 3.11 (Raspberry Pi OS Bookworm has 3.11)"
+  die "$("$PYTHON" --version 2>&1) is too old: this installer takes onnxruntime's current line, which needs Python >= 3.11 (Raspberry Pi OS Bookworm has 3.11; for 3.10 see deploy/README.md, Jetson)"
 "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || die "the venv module is missing. Install it: sudo apt install python3-venv"
 
 if [ "$SERVICE" = 1 ]; then

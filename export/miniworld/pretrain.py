@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 
 from edge_tune_export.miniworld import tasks
+from edge_tune_export.registry import CLIP_BPE_TOKENIZER
 from edge_tune_export.miniworld.fashion import CLASSNAMES, SYNONYMS, load_split
 
-REPO = Path(__file__).resolve().parents[2]
-TOKENIZER_FILE = REPO / "models" / "clip-bpe" / "tokenizer.json"
+TOKENIZER_FILE = CLIP_BPE_TOKENIZER
 MEAN, STD = 0.2860, 0.3530          # Fashion-MNIST train pixel statistics (of x/255)
 SOT, EOT = 49406, 49407
 
