@@ -101,21 +101,16 @@ class Bundle:
         self._cache.pop("tokenizer", None)
 
     def text_session(self, provider: str = "auto", threads: int | None = None):
-        return self._session("text", provider, threads)
+        return self.session("text", provider, threads)
 
     def has_graph(self, role: str) -> bool:
         return role in self.manifest["graphs"]
 
-    def objective_session(self, provider: str = "auto", threads: int | None = None):
-        """The session that scores candidate prompts: text_shared.onnx when the bundle has it (the
-        same features from fewer token rows, docs/bench.md), else text.onnx."""
-        role = "text_shared" if self.has_graph("text_shared") else "text"
-        return self._session(role, provider, threads)
-
     def image_session(self, provider: str = "auto", threads: int | None = None):
-        return self._session("image", provider, threads)
+        return self.session("image", provider, threads)
 
-    def _session(self, role: str, provider: str, threads: int | None):
+    def session(self, role: str, provider: str = "auto", threads: int | None = None):
+        """An ORT session of the graph `role` (image, text, text_shared), checked against the manifest."""
         from edge_tune.providers import make_session
 
         path = self.file(self.manifest["graphs"][role]["file"])

@@ -45,6 +45,7 @@ from edge_tune.blas import loop_blas_threads
 from edge_tune.checkpoint import checkpoint_dir, read_checkpoint, write_checkpoint
 from edge_tune.errors import CheckpointError, DataError, EdgeTuneError
 from edge_tune.heads import HEAD_NAMES, apply_head, fit_head
+from edge_tune.encoders import text_encoder
 from edge_tune.objective import PromptObjective, ensemble, score
 from edge_tune.report import MetricsLog, draw_curve, read_metrics
 
@@ -351,7 +352,7 @@ class Tuner:
         k = select.fold_count(len(self.y), config.folds)
         self.folds = select.stratified_folds(self.y, k, config.seed)
 
-        # The prompt space and one text session for every fold's objective.
+        # The prompt space and one text encoder for every fold's objective.
         self.space = PromptSpace.build(
             self.bundle, self.classnames, init=config.init, dim=config.prompt_dim,
             projection_std=config.projection_std, seed=config.seed,
@@ -361,10 +362,9 @@ class Tuner:
         # before the text session grows its own (bench memory: the fit's peak is the loop's).
         self.bundle.release_tokenizer()
         return_free_memory()
-        self.text_session = self.bundle.objective_session(provider=provider, threads=threads)
+        self.encoder = text_encoder(self.bundle, self.space, provider=provider, threads=threads)
         self.scale = float(self.bundle.logit_scale)
-        self.scorer = PromptObjective(self.text_session, self.space, self.X, self.y,
-                                      logit_scale=self.scale)
+        self.scorer = PromptObjective(self.encoder, self.X, self.y, logit_scale=self.scale)
 
         self._fit_cheap_heads()
         self._build_fold_objectives()
@@ -417,9 +417,8 @@ class Tuner:
                                                  len(self.classnames), self.folds, skip=fold)
                 offset = self.offset_weight * nested[train]
                 val_offset = self.offset_weight * self.head_logits[head][~train]
-            self.objectives.append(PromptObjective(
-                self.text_session, self.space, self.X[train], self.y[train],
-                logit_scale=self.scale, offset=offset))
+            self.objectives.append(PromptObjective(self.encoder, self.X[train], self.y[train],
+                                                   logit_scale=self.scale, offset=offset))
             self.val_offsets.append(val_offset)
 
     # -- the loop ------------------------------------------------------------------------------
@@ -761,7 +760,7 @@ class Tuner:
             "format": "edge-tune-run",
             "format_version": RESULT_FORMAT,
             "bundle": {"path": self.sources["bundle"], "hash": self.bundle.bundle_hash,
-                       "provider": getattr(self.text_session, "report", "")},
+                       "provider": getattr(self.encoder.session, "report", "")},
             "data": {"shots": self.sources["data"], "eval": self.sources["eval"],
                      "hash": self.hashes["data_hash"], "eval_hash": self.hashes["eval_hash"],
                      "train_images": len(self.y),

@@ -228,13 +228,13 @@ class PromptSpace:
     # --- the map w -> prompts ----------------------------------------------------------------
     def context(self, W: np.ndarray) -> np.ndarray:
         """f64[n, m, D] context tokens for candidates W[n, d] (float64 throughout)."""
-        W = self._check(W)
+        W = self.candidates(W)
         offsets = W if self._projection_t is None else W @ self._projection_t
         return self.ctx0[None] + offsets.reshape(len(W), self.m, self.text_width)
 
     def embeddings(self, W: np.ndarray) -> np.ndarray:
         """f32[n*K, L, D] prompt embeddings, candidate-major (row i*K + k)."""
-        W = self._check(W)
+        W = self.candidates(W)
         return self.prompt_rows(W, 0, len(W) * self.num_classes)
 
     def eot_rows(self, n: int) -> np.ndarray:
@@ -243,7 +243,7 @@ class PromptSpace:
 
     def prompt_rows(self, W: np.ndarray, start: int, stop: int) -> np.ndarray:
         """Rows start..stop of `embeddings(W)` without building the others (bounded memory)."""
-        W = self._check(W)
+        W = self.candidates(W)
         rows = np.arange(start, stop)
         candidate, klass = rows // self.num_classes, rows % self.num_classes
         used = np.unique(candidate)
@@ -260,7 +260,7 @@ class PromptSpace:
 
     def prefixes(self, W: np.ndarray) -> np.ndarray:
         """f32[n, P, D]: each candidate's [SOT, ctx(w)] (positions 0..P-1 of all its prompts)."""
-        W = self._check(W)
+        W = self.candidates(W)
         out = np.repeat(self.base[:1, : self.prefix_length], len(W), axis=0)
         out[:, 1:] = self.context(W).astype(np.float32)  # the ORT boundary, as in prompt_rows
         return out
@@ -277,7 +277,8 @@ class PromptSpace:
             np.ascontiguousarray(self.projection, dtype="<f8").tobytes()
         ).hexdigest()[:16]
 
-    def _check(self, W: np.ndarray) -> np.ndarray:
+    def candidates(self, W: np.ndarray) -> np.ndarray:
+        """W as f64[n, d] (one vector becomes n = 1); a wrong width is a ValueError."""
         W = np.asarray(W, dtype=np.float64)
         if W.ndim == 1:
             W = W[None]

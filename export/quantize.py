@@ -293,6 +293,7 @@ def short_fit_prompt(bundle: str | Path, shots: str | Path, *, queries: int = GA
     from edge_tune.bundle import open_bundle
     from edge_tune.data import load_shots
     from edge_tune.features import image_features
+    from edge_tune.encoders import text_encoder
     from edge_tune.objective import PromptObjective
     from edge_tune.optim import make_optimizer
     from edge_tune.prompts import PromptSpace
@@ -301,7 +302,7 @@ def short_fit_prompt(bundle: str | Path, shots: str | Path, *, queries: int = GA
     dataset = load_shots(shots)
     features, labels = image_features(opened, dataset, cache_dir=cache_dir, provider="cpu")
     space = PromptSpace.build(opened, list(dataset.classnames), seed=seed)
-    objective = PromptObjective(opened.objective_session(provider="cpu"), space, features, labels,
+    objective = PromptObjective(text_encoder(opened, space, provider="cpu"), features, labels,
                                 logit_scale=opened.logit_scale)
     optimizer = make_optimizer("sharpzo", space.dim, preset="edge", seed=seed)
     state, used = optimizer.init(np.zeros(space.dim)), 0
@@ -333,6 +334,7 @@ def accuracy_gate(reference: str | Path, candidate: str | Path, eval_data: Any, 
     from edge_tune.bundle import open_bundle
     from edge_tune.data import load_shots
     from edge_tune.features import image_features
+    from edge_tune.encoders import text_encoder
     from edge_tune.objective import PromptObjective
     from edge_tune.prompts import PromptSpace
 
@@ -349,12 +351,12 @@ def accuracy_gate(reference: str | Path, candidate: str | Path, eval_data: Any, 
             W[1] = w
         # the candidate's every text graph must hold: fit scores with text_shared.onnx when the
         # bundle has it, eval's templates with text.onnx; a candidate counts by its worse one
-        sessions = [bundle.objective_session(provider=provider, threads=threads)]
-        if label == "candidate" and bundle.has_graph("text_shared"):
-            sessions.append(bundle.text_session(provider=provider, threads=threads))
+        shared = [True, False] if label == "candidate" and bundle.has_graph("text_shared") else [None]
         worst = None
-        for session in sessions:
-            objective = PromptObjective(session, space, features, labels, logit_scale=bundle.logit_scale)
+        for shared_prefix in shared:
+            encoder = text_encoder(bundle, space, provider=provider, threads=threads,
+                                   shared_prefix=shared_prefix)
+            objective = PromptObjective(encoder, features, labels, logit_scale=bundle.logit_scale)
             accuracies = objective.evaluate(W)[1]
             worst = accuracies if worst is None else np.minimum(worst, accuracies)
         rows[label] = [100.0 * float(a) for a in worst]

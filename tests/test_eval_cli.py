@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from edge_tune.cli import main
+from edge_tune.encoders import PlainEncoder
 from edge_tune.objective import PromptObjective
 from edge_tune.preprocess import preprocess_image
 from edge_tune.prompts import PromptSpace
@@ -162,7 +163,7 @@ def test_tuned_prompt_accuracy_matches_the_objective(bundle, data_dir, tmp_path,
     assert code == 0, err
     features, labels = reference_features(bundle, data_dir)
     objective = PromptObjective(
-        bundle.text_session("cpu", 1), space, features, labels, logit_scale=bundle.logit_scale
+        PlainEncoder(bundle.text_session("cpu", 1), space), features, labels, logit_scale=bundle.logit_scale
     )
     losses, accuracies = objective.evaluate(w[None])
     result = json.loads(out)

@@ -1,20 +1,19 @@
-"""The batched forward-only objective on the real tiny bundle's text graph."""
+"""The batched forward-only objective on the real tiny bundle's text graph (text.onnx)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from edge_tune.errors import DataError
-from edge_tune.objective import (
+from edge_tune.encoders import (
     DEFAULT_MEMORY_CAP,
-    PromptObjective,
+    PlainEncoder,
     bytes_per_prompt,
     chunk_plan,
     rows_per_run,
-    score,
-    template_class_features,
 )
+from edge_tune.errors import DataError
+from edge_tune.objective import PromptObjective, score, template_class_features
 from edge_tune.prompts import PromptSpace
 
 CLASSES = ["dog", "tabby cat", "school bus", "sea lion", "red fox"]
@@ -60,23 +59,20 @@ def reference_loss(features, labels, class_features, scale):
 
 def test_batched_equals_one_by_one(session, space, data, bundle):
     W = np.random.default_rng(1).standard_normal((7, space.dim)) * 0.5
-    objective = PromptObjective(session, space, *data, logit_scale=bundle.logit_scale)
+    objective = PromptObjective(PlainEncoder(session, space), *data, logit_scale=bundle.logit_scale)
     batched = objective(W)
     single = np.array([objective(w[None])[0] for w in W])
     np.testing.assert_allclose(batched, single, rtol=1e-7, atol=0)
-    small_runs = PromptObjective(
-        session, space, *data, logit_scale=bundle.logit_scale, max_prompts_per_run=8
-    )
+    small = PlainEncoder(session, space, max_prompts=8)
+    small_runs = PromptObjective(small, *data, logit_scale=bundle.logit_scale)
     np.testing.assert_allclose(small_runs(W), batched, rtol=1e-7, atol=0)
-    assert (
-        small_runs.text_runs == 5 and small_runs.prompts_run == 35
-    )  # 35 rows in 5 equal runs of 7
+    assert small.text_runs == 5 and small.prompts_run == 35  # 35 rows in 5 equal runs of 7
     assert np.all(np.isfinite(batched)) and np.ptp(batched) > 1e-3  # candidates really differ
 
 
 def test_loss_and_accuracy_match_the_definition(session, space, data, bundle):
     w = np.random.default_rng(2).standard_normal(space.dim)
-    objective = PromptObjective(session, space, *data, logit_scale=bundle.logit_scale)
+    objective = PromptObjective(PlainEncoder(session, space), *data, logit_scale=bundle.logit_scale)
     losses, accuracies = objective.evaluate(w[None])
     loss, accuracy = reference_loss(*data, objective.class_features(w), bundle.logit_scale)
     assert losses[0] == pytest.approx(loss, rel=1e-12) and accuracies[0] == accuracy
@@ -84,17 +80,17 @@ def test_loss_and_accuracy_match_the_definition(session, space, data, bundle):
 
 def test_truncated_equals_untruncated(session, space, data, bundle):
     W = np.random.default_rng(3).standard_normal((3, space.dim))
-    short = PromptObjective(session, space, *data, logit_scale=bundle.logit_scale)
+    short = PromptObjective(PlainEncoder(session, space), *data, logit_scale=bundle.logit_scale)
     full = PromptObjective(
-        session, space.padded(space.context_length), *data, logit_scale=bundle.logit_scale
+        PlainEncoder(session, space.padded(space.context_length)), *data, logit_scale=bundle.logit_scale
     )
     assert space.length < space.context_length == 77
-    np.testing.assert_allclose(short.text_features(W), full.text_features(W), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(short.encoder.features(W), full.encoder.features(W), rtol=0, atol=1e-6)
     np.testing.assert_allclose(short(W), full(W), rtol=1e-6)
 
 
 def test_query_counter(session, space, data, bundle):
-    objective = PromptObjective(session, space, *data, logit_scale=bundle.logit_scale)
+    objective = PromptObjective(PlainEncoder(session, space), *data, logit_scale=bundle.logit_scale)
     objective(np.zeros((4, space.dim)))
     objective.evaluate(np.zeros((3, space.dim)))
     objective(np.zeros(space.dim))
@@ -112,13 +108,12 @@ def test_zero_shot_prompt_classifies_its_own_class_features(session, space, bund
     noise = rng.standard_normal((len(labels), text.shape[1]))
     noisy = text[labels] + radius * noise / np.linalg.norm(noise, axis=1, keepdims=True)
     noisy = (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
-    objective = PromptObjective(session, space, noisy, labels, logit_scale=bundle.logit_scale)
+    objective = PromptObjective(PlainEncoder(session, space), noisy, labels, logit_scale=bundle.logit_scale)
     np.testing.assert_allclose(objective.class_features(np.zeros(space.dim)), text, atol=1e-6)
     losses, accuracies = objective.evaluate(np.zeros((1, space.dim)))
     chance = reference_loss(noisy, labels, np.zeros_like(text), 1.0)[0]  # uniform logits: ln K
     assert accuracies[0] == 1.0 and losses[0] < chance == pytest.approx(np.log(len(CLASSES)))
-    shuffled = PromptObjective(
-        session, space, noisy, (labels + 1) % len(CLASSES), logit_scale=bundle.logit_scale
+    shuffled = PromptObjective(PlainEncoder(session, space), noisy, (labels + 1) % len(CLASSES), logit_scale=bundle.logit_scale
     )
     assert shuffled.evaluate(np.zeros((1, space.dim)))[1][0] == 0.0
 
@@ -147,11 +142,12 @@ def test_score_handles_a_batch_of_class_features(data):
     np.testing.assert_array_equal(split[1], accuracies)
 
 
-def test_bad_labels_and_missing_scale(session, space, data):
+def test_bad_labels_and_bad_candidates(session, space, data):
     features, labels = data
     with pytest.raises(DataError, match=r"labels run 0\.\.5 but the prompt space has 5 classes"):
-        PromptObjective(session, space, features, np.arange(30) % 6, logit_scale=1.0)
+        PromptObjective(PlainEncoder(session, space), features, np.arange(30) % 6, logit_scale=1.0)
     with pytest.raises(DataError, match=r"features \[30, \d+\] and labels \[29\] do not match"):
-        PromptObjective(session, space, features, labels[:29], logit_scale=1.0)
-    with pytest.raises(ValueError, match="logit_scale is required"):
-        PromptObjective(session, space, features, labels)
+        PromptObjective(PlainEncoder(session, space), features, labels[:29], logit_scale=1.0)
+    objective = PromptObjective(PlainEncoder(session, space), features, labels, logit_scale=1.0)
+    with pytest.raises(ValueError, match=r"candidates must have shape \[n, \d+\], got \[2, 3\]"):
+        objective(np.zeros((2, 3)))

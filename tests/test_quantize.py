@@ -80,16 +80,15 @@ def _labelled_by_fp32(bundle_path: Path, shots: Path):
     from edge_tune.bundle import open_bundle
     from edge_tune.data import Dataset, Sample, load_shots
     from edge_tune.features import image_features
-    from edge_tune.objective import PromptObjective
+    from edge_tune.encoders import PlainEncoder
     from edge_tune.prompts import PromptSpace
 
     bundle = open_bundle(bundle_path)
     dataset = load_shots(shots)
     features, _ = image_features(bundle, dataset, cache_dir=shots.parent / "cache")
     space = PromptSpace.build(bundle, list(dataset.classnames))
-    objective = PromptObjective(bundle.text_session(provider="cpu"), space, features,
-                                np.zeros(len(features), dtype=np.int64), logit_scale=bundle.logit_scale)
-    predicted = np.argmax(features @ objective.class_features(np.zeros(space.dim)).T, axis=1)
+    text = PlainEncoder(bundle.text_session(provider="cpu"), space).features(np.zeros(space.dim))[0]
+    predicted = np.argmax(features @ text.T, axis=1)
     samples = [Sample(s.path, int(p)) for s, p in zip(dataset.samples, predicted)]
     return Dataset(list(dataset.classnames), samples, dataset.root)
 

@@ -13,6 +13,7 @@ from fit_support import make_colour_shots
 
 from edge_tune.bench import random_features
 from edge_tune.bundle import open_bundle
+from edge_tune.encoders import PlainEncoder, SharedPrefixEncoder, text_encoder
 from edge_tune.objective import PromptObjective
 from edge_tune.prompts import PromptSpace
 
@@ -27,10 +28,10 @@ def objectives(bundle_path, classes: int, **options):
     bundle = open_bundle(bundle_path)
     space = PromptSpace.build(bundle, [f"class {i}" for i in range(classes)], seed=0)
     features, labels = random_features(4 * classes, int(bundle.projection_dim), classes)
-    standard = PromptObjective(bundle.text_session(threads=1), space, features, labels,
-                               logit_scale=bundle.logit_scale, **options)
-    shared = PromptObjective(bundle.objective_session(threads=1), space, features, labels,
-                             logit_scale=bundle.logit_scale, **options)
+    standard = PromptObjective(text_encoder(bundle, space, threads=1, shared_prefix=False, **options),
+                               features, labels, logit_scale=bundle.logit_scale)
+    shared = PromptObjective(text_encoder(bundle, space, threads=1, shared_prefix=True, **options),
+                             features, labels, logit_scale=bundle.logit_scale)
     return space, standard, shared
 
 
@@ -41,7 +42,9 @@ def test_the_bundle_lists_and_checks_the_shared_graph(shared_bundle):
                                       "token_embedding.npy", "tokenizer.json"}
     assert manifest["parity"]["text_shared_max_abs_diff"] <= 1e-5
     bundle = open_bundle(shared_bundle)  # hashes verified, the new file included
-    assert bundle.objective_session(provider="cpu").role == "text_shared"
+    space = PromptSpace.build(bundle, ["a", "b"], seed=0)
+    encoder = text_encoder(bundle, space, provider="cpu")  # what fit and eval score prompts with
+    assert isinstance(encoder, SharedPrefixEncoder) and encoder.session.role == "text_shared"
     role = {p.key: p.value for p in onnx.load(shared_bundle / "text_shared.onnx").metadata_props}
     assert role["edge_tune.role"] == "text_shared"
 
@@ -53,7 +56,9 @@ def test_a_bundle_without_it_scores_with_text_onnx(tmp_path):
     assert "text_shared" not in done.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert "text_shared" not in manifest["graphs"] and "text_shared.onnx" not in manifest["files"]
-    assert open_bundle(out).objective_session(provider="cpu").role == "text"
+    plain = open_bundle(out)
+    encoder = text_encoder(plain, PromptSpace.build(plain, ["a", "b"], seed=0), provider="cpu")
+    assert isinstance(encoder, PlainEncoder) and encoder.session.role == "text"
 
 
 @pytest.mark.parametrize("classes, memory_cap", [(3, None), (10, None), (40, 2**20)])
@@ -62,16 +67,16 @@ def test_shared_features_equal_the_text_graph_and_do_not_depend_on_the_batch(sha
     """K = 40 with a 1 MiB cap splits the classes into blocks: still the same features."""
     options = {} if memory_cap is None else {"memory_cap": memory_cap}
     space, standard, shared = objectives(shared_bundle, classes, **options)
-    assert shared.shared_prefix and not standard.shared_prefix
+    assert isinstance(shared.encoder, SharedPrefixEncoder) and isinstance(standard.encoder, PlainEncoder)
     W = np.random.default_rng(0).standard_normal((7, space.dim)) * 0.05
-    together = shared.text_features(W)
-    np.testing.assert_allclose(together, standard.text_features(W), rtol=0, atol=1e-6)
-    one_by_one = np.concatenate([shared.text_features(w[None]) for w in W])
+    together = shared.encoder.features(W)
+    np.testing.assert_allclose(together, standard.encoder.features(W), rtol=0, atol=1e-6)
+    one_by_one = np.concatenate([shared.encoder.features(w[None]) for w in W])
     np.testing.assert_allclose(one_by_one, together, rtol=0, atol=1e-7)
     np.testing.assert_allclose(shared(W), standard(W), rtol=1e-5)
     assert shared.queries == standard.queries == 7
     if memory_cap is not None:
-        assert shared.text_runs > 2 * (7 + 1)  # class blocks, each run a fixed shape
+        assert shared.encoder.text_runs > 2 * (7 + 1)  # class blocks, each run a fixed shape
 
 
 def test_fit_uses_the_shared_graph_and_tunes(shared_bundle, tmp_path, run_cli):
@@ -100,7 +105,7 @@ def test_int8_converts_the_shared_graph_too(shared_bundle, tmp_path):
     assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops
     space, standard, shared = objectives(tmp_path / "int8", 4)
     W = np.zeros((1, space.dim))
-    np.testing.assert_allclose(shared.text_features(W), standard.text_features(W), rtol=0, atol=0.05)
+    np.testing.assert_allclose(shared.encoder.features(W), standard.encoder.features(W), rtol=0, atol=0.05)
 
 
 def test_bench_speed_measures_the_shared_graph_beside_text_onnx(shared_bundle):
