@@ -362,93 +362,11 @@ def predict(run, images, top_k, bundle, provider, threads, as_json) -> None:
 # --- bench ------------------------------------------------------------------------------------
 
 
-@cli.group()
-def bench() -> None:
-    """Measure what a query costs (speed), what a run holds (memory) and what tuning gains (accuracy)."""
+# The group lives with the benchmarks (edge_tune_bench, folder bench/); importing it loads click
+# and the accuracy grid's names only, each command its benchmark (and onnx) when it runs.
+from edge_tune_bench.cli import bench
 
-
-@bench.command("speed")
-@click.option("--bundle", type=click.Path(path_type=Path),
-              help="Bundle directory [$EDGE_TUNE_BUNDLE, else the shipped mini-world bundle].")
-@click.option("--classes", type=click.IntRange(2), default=10, show_default=True, help="K classes.")
-@click.option("--population", type=click.IntRange(1), default=40, show_default=True,
-              help="N candidates per objective call.")
-@click.option("--provider", default="auto", show_default=True, help="Execution provider.")
-@click.option("--threads", type=click.IntRange(1), help="Threads for ORT, numpy and torch alike.")
-@click.option("--repeats", type=click.IntRange(1), default=5, show_default=True,
-              help="Timed repetitions (the median is reported).")
-@click.option("--no-reference", is_flag=True, help="Skip the PyTorch-eager reference.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def bench_speed_command(bundle, classes, population, provider, threads, repeats, no_reference,
-                        as_json) -> None:
-    """Queries/s of the objective vs PyTorch eager, ONNX untruncated, and a GEMM probe.
-
-    \b
-    Example:
-      edge-tune bench speed --bundle /tmp/b16-bundle --population 40 --classes 10 --threads 2
-    """
-    from edge_tune.bench import bench_speed, speed_table
-    from edge_tune.fit import resolve_bundle
-
-    try:  # onnx reads the graph's cost and builds the GEMM probe graphs
-        import onnx  # noqa: F401
-    except ModuleNotFoundError as err:
-        raise _missing_bench_extra(err) from err
-    report = bench_speed(resolve_bundle(bundle), classes=classes, population=population,
-                         provider=provider, threads=threads, repeats=repeats,
-                         reference=not no_reference)
-    click.echo(json.dumps(report, indent=2) if as_json else speed_table(report))
-
-
-@bench.command("memory")
-@click.option("--bundle", type=click.Path(path_type=Path),
-              help="Bundle directory [$EDGE_TUNE_BUNDLE, else the shipped mini-world bundle].")
-@click.option("--classes", type=click.IntRange(2), default=10, show_default=True, help="K classes.")
-@click.option("--population", type=click.IntRange(1), default=40, show_default=True,
-              help="N candidates per objective call (inference case).")
-@click.option("--steps", type=click.IntRange(1), default=3, show_default=True,
-              help="Objective calls / fit steps / first-order steps per case.")
-@click.option("--provider", default="auto", show_default=True, help="Execution provider.")
-@click.option("--threads", type=click.IntRange(1), help="Threads for ORT, numpy and torch alike.")
-@click.option("--no-reference", is_flag=True, help="Skip the PyTorch first-order case.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def bench_memory_command(bundle, classes, population, steps, provider, threads, no_reference,
-                         as_json) -> None:
-    """Peak RSS of inference, a short fit and PyTorch first-order tuning, each in a fresh process.
-
-    \b
-    Example:
-      edge-tune bench memory --bundle /tmp/b16-bundle --classes 10
-    """
-    from edge_tune.bench import bench_memory, memory_table
-    from edge_tune.fit import resolve_bundle
-
-    report = bench_memory(resolve_bundle(bundle), classes=classes, population=population,
-                          steps=steps, provider=provider, threads=threads,
-                          reference=not no_reference)
-    click.echo(json.dumps(report, indent=2) if as_json else memory_table(report))
-
-
-@bench.command("accuracy", context_settings={"ignore_unknown_options": True,
-                                               "allow_extra_args": True, "help_option_names": []})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def bench_accuracy_command(args) -> None:
-    """Every optimiser x mini-world task x seed at equal query budgets (`--help` for its options).
-
-    \b
-    Examples:
-      edge-tune bench accuracy --quick
-      edge-tune bench accuracy --jobs 2 --budget 2000 --paper-budget 20000 --out report.json
-    """
-    from edge_tune.bench_accuracy import main as bench_accuracy_main
-
-    bench_accuracy_main(list(args), prog="edge-tune bench accuracy")
-
-
-def _missing_bench_extra(err: ImportError) -> EdgeTuneError:
-    name = (err.name or "").split(".")[0]
-    return EdgeTuneError(f"the benchmarks need a package that is not installed ({name})",
-                         hint="Install the extra: pip install 'edge-tune[bench]'")
+cli.add_command(bench)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -29,7 +29,6 @@ import json
 import math
 import os
 import re
-import resource
 import signal
 import sys
 import time
@@ -46,6 +45,7 @@ from edge_tune.checkpoint import checkpoint_dir, read_checkpoint, write_checkpoi
 from edge_tune.errors import CheckpointError, DataError, EdgeTuneError
 from edge_tune.heads import HEAD_NAMES, apply_head, fit_head
 from edge_tune.encoders import text_encoder
+from edge_tune.memory import peak_rss_mib
 from edge_tune.objective import PromptObjective, ensemble, score
 from edge_tune.report import MetricsLog, draw_curve, read_metrics
 
@@ -226,12 +226,6 @@ def dataset_hash(dataset) -> str:
         digest.update(f"\n{name}\t{int(sample.label)}\t".encode())
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB (ru_maxrss is KiB on Linux)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 def return_free_memory() -> None:
@@ -782,7 +776,7 @@ class Tuner:
             "seconds": round(rs.seconds, 3),
             "stage": self.stage,
             "finished": rs.finished,
-            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "peak_rss_mb": round(peak_rss_mib(), 1),  # MiB (the name predates the unit)
         }
         if self.run_dir is not None:
             save_prompt(self.run_dir / "prompt.npz", self.space, self.fold_params(),

@@ -294,7 +294,7 @@ def format_summary(result: dict, run_dir: str | Path | None = None) -> str:
     lines.append(
         f"queries {result['queries']} (+{result['eval_queries']} to evaluate), "
         f"{result['steps']} steps, stage {result['stage']}, "
-        f"{format_seconds(result['seconds'])} tuning, peak memory {result['peak_rss_mb']:.0f} MB"
+        f"{format_seconds(result['seconds'])} tuning, peak memory {result['peak_rss_mb']:.0f} MiB"
     )
     if run_dir is not None:
         lines.append(

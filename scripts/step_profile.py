@@ -1,8 +1,9 @@
 """Where one tuning step's time goes: ORT, the objective's numpy, CMA-ES's ask / tell / eigh.
 
-`edge-tune bench speed` gives the totals; this splits the Python side into its parts with perf
-counters (no profiler overhead), at the benchmark's shapes: N candidates × K classes, d = 512,
-16 random unit features per class, BLAS at one thread as in a fit.
+`edge-tune bench speed` gives the totals (its fit-step figure through fit's own text graph and
+optimiser); this splits the Python side of a text.onnx objective into its parts with perf counters
+(no profiler overhead), at the benchmark's shapes: N candidates × K classes, d = 512, 16 random
+unit features per class, BLAS at one thread as in a fit.
 
     python scripts/step_profile.py BUNDLE [--population 40] [--classes 10] [--threads 1]
 """
@@ -14,12 +15,14 @@ import time
 
 import numpy as np
 
-from edge_tune.bench import TimedSession, benchmark_classnames, random_features
 from edge_tune.blas import limit_blas_threads
 from edge_tune.bundle import open_bundle
+from edge_tune.encoders import PlainEncoder
 from edge_tune.objective import PromptObjective, score
 from edge_tune.optim import make_optimizer
 from edge_tune.optim.cma import constants
+from edge_tune_bench.timing import TimedSession
+from edge_tune_bench.workload import benchmark_classnames, random_features
 
 
 def milliseconds(fn, repeats: int) -> float:
@@ -45,13 +48,14 @@ def main() -> None:
     space = PromptSpace.build(bundle, benchmark_classnames(args.classes), seed=0)
     session = TimedSession(bundle.text_session(threads=args.threads))
     features, labels = random_features(16 * args.classes, int(bundle.projection_dim), args.classes)
-    objective = PromptObjective(session, space, features, labels, logit_scale=bundle.logit_scale)
+    objective = PromptObjective(PlainEncoder(session, space), features, labels,
+                                logit_scale=bundle.logit_scale)
     optimizer = make_optimizer("cma", space.dim, seed=0, population_size=args.population)
     state = optimizer.init(np.zeros(space.dim))
     gap = constants(space.dim, args.population, True, False).eigen_gap
     W = optimizer.ask(state)
     losses = objective(W)
-    text = objective.text_features(W)
+    text = objective.encoder.features(W)
     covariance = np.cov(np.random.default_rng(0).standard_normal((2 * space.dim, space.dim)).T)
     n = args.repeats
     with limit_blas_threads(1):
@@ -77,7 +81,7 @@ def main() -> None:
     print(f"  {'CMA-ES eigh (d x d)':26s} {eigh:7.2f} ms every {gap:.1f} generations = "
           f"{eigh / gap:.2f} ms per step")
     print("whole steps (ask, objective, tell), mean over many steps:")
-    for name in ("cma", "zo", "spsa-clip"):
+    for name in ("sharpzo", "cma", "zo", "spsa-clip"):  # sharpzo (fit's): its first stage here
         step, ort, size = whole_steps(name, objective, session, space.dim, args.population, n)
         print(f"  {name:10s} {size:3d} queries/step: step {step:8.2f} ms, ORT {ort:8.2f} ms, "
               f"the rest {100 * (step - ort) / step:.1f}%")
@@ -85,7 +89,8 @@ def main() -> None:
 
 def whole_steps(name: str, objective, session, dim: int, population: int, repeats: int
                 ) -> tuple[float, float, int]:
-    """(ms per step, ms of it inside ORT, queries per step) of `name`'s loop; `cma` at `population`."""
+    """(ms per step, ms of it inside ORT, queries per step) of `name`'s loop (edge preset); `cma`
+    at `population`."""
     extra = {"population_size": population} if name == "cma" else {}
     optimizer = make_optimizer(name, dim, seed=0, **extra)
     state = optimizer.init(np.zeros(dim))

@@ -1,5 +1,6 @@
-"""`edge-tune bench speed|memory` on the tiny bundle: they run, report the promised fields, agree
-with the PyTorch reference where both score the same prompt, and refuse impossible requests clearly."""
+"""`edge-tune bench speed|memory` (edge_tune_bench) on the tiny bundle: they run, report the
+promised fields, agree with the PyTorch reference where both score the same prompt, and refuse
+impossible requests clearly."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_tune.bench import mlp_width, text_graph_cost
+from edge_tune_bench.graph_cost import mlp_width, text_graph_cost
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -71,7 +72,20 @@ def test_bench_speed_json_has_every_column_and_the_reference_agrees(bundle_dir):
     assert report["length"] < 77  # truncated after EOT
     assert set(report["ratios"]) >= {"objective_vs_pytorch_eager", "objective_vs_onnx_naive",
                                      "objective_fraction_of_gemm"}
-    assert 0 <= report["python_overhead"]["objective_fraction"] < 1
+    overhead = report["python_overhead"]
+    assert 0 <= overhead["objective_fraction"] < 1
+    assert 0 <= overhead["objective_shared_fraction"] < 1
+    # the fit step is timed as `edge-tune fit` runs it: text_shared.onnx (the tiny bundle has it)
+    # and FitConfig's optimiser, each SharpZO phase on its own
+    fit_step = overhead["fit_step"]
+    assert fit_step["note"] == "text_shared.onnx + sharpzo/edge"
+    phases = fit_step["phases"]
+    assert set(phases) == {"sa-cma/sample", "sparse-zo/mask-probe", "sparse-zo/step"}
+    assert phases["sa-cma/sample"]["queries_per_step"] == 20  # λ of the edge preset
+    assert phases["sa-cma/sample"]["steps"] >= 26  # a whole CMA-ES eigendecomposition cycle
+    assert phases["sparse-zo/step"]["queries_per_step"] == 2
+    for phase in phases.values():
+        assert 0 <= phase["outside_ort_fraction"] < 1 and phase["step_s"] > phase["ort_s"] > 0
     assert report["gemm_probe"]["attainable_gflops"] > 0
 
 
@@ -83,6 +97,7 @@ def test_bench_speed_without_torch_marks_the_reference_not_installed(bundle_dir,
     assert "| PyTorch eager reference (77 tokens, one candidate per call) | not installed |" in table
     assert "objective vs PyTorch eager: not installed" in table
     assert "| edge-tune objective (ONNX, truncated, batched) |" in table
+    assert "- Python overhead of a fit step (text_shared.onnx + sharpzo/edge; " in table
 
 
 def test_bench_speed_refuses_a_population_that_cannot_fit(bundle_dir):
@@ -143,7 +158,7 @@ def test_bench_on_a_missing_bundle_is_one_line(tmp_path):
 
 def test_first_order_reference_lowers_the_loss(bundle_dir):
     """The PyTorch first-order path really trains: Adam through autograd on w reduces the loss."""
-    from edge_tune.bench import benchmark_classnames, random_features
+    from edge_tune_bench.workload import benchmark_classnames, random_features
     from edge_tune.bundle import open_bundle
     from edge_tune.prompts import PromptSpace
     from edge_tune_export.reference import first_order_tune

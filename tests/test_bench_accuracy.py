@@ -1,4 +1,5 @@
-"""Smoke test of the accuracy benchmark on the committed demo task, with a tiny budget."""
+"""Smoke test of the accuracy benchmark (`edge-tune bench accuracy`, edge_tune_bench.accuracy) on
+the committed demo task, with a tiny budget."""
 
 from __future__ import annotations
 
@@ -7,16 +8,21 @@ import json
 import numpy as np
 import pytest
 
-from edge_tune import bench_accuracy as ba
 from edge_tune.bundle import open_bundle
 from edge_tune.data import load_eval, load_shots
 from edge_tune.errors import DataError
 from edge_tune.objective import evaluate_dataset
+from edge_tune_bench import accuracy as ba
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
+def cache(tmp_path_factory):
+    """One image-feature cache for the module: the demo's features are encoded once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def report(cache):
     return ba.bench_accuracy(tasks=["demo"], methods=["sharpzo-edge", "cma"], shots=[2, 16],
                              seeds=[0], budget=80, eval_per_class=5, jobs=1, cache_dir=cache)
 
@@ -38,7 +44,7 @@ def test_runs_spend_the_budget_and_score_every_candidate_on_the_test_images(repo
 
 def test_zero_shot_equals_the_eval_command_on_the_same_subsample(report, tmp_path):
     """w = 0 is the template "a photo of a {}.": the benchmark's zero-shot is the real one."""
-    bundle = open_bundle(ba.DEFAULT_BUNDLE)
+    bundle = open_bundle(report["settings"]["bundle"])  # the shipped one, or $EDGE_TUNE_BUNDLE
     shots = load_shots(ba.DEMO_TASK / "shots")
     test = ba.subsample(load_eval(ba.DEMO_TASK / "eval", shots), 5)
     expected = evaluate_dataset(bundle, test, cache_dir=tmp_path)["accuracy"]
@@ -80,6 +86,40 @@ def test_unknown_task_names_the_folder_and_the_fix(tmp_path):
     assert str(err.value) == (f"{tmp_path / 'nope'}: task 'nope' has no shots/ and eval/ folders. "
                               f"Write the tasks with `python -m edge_tune_export.miniworld.tasks "
                               f"--out {tmp_path}`, or use --tasks demo")
+
+
+def test_the_demo_task_outside_a_checkout_names_the_fix(monkeypatch, tmp_path):
+    installed = tmp_path / "site-packages" / "models" / "miniworld" / "demo"  # what a wheel sees
+    monkeypatch.setattr(ba, "DEMO_TASK", installed)
+    with pytest.raises(DataError) as err:
+        ba.resolve_task("demo", tmp_path)
+    assert "the demo task ships in the edge-tune checkout" in str(err.value)
+    assert "--tasks-dir DIR --tasks inverted" in str(err.value)
+
+
+def test_cli_json_is_one_report_with_settings_and_runs(cache, run_cli):
+    """`--quick` with explicit options: those win, the rest comes from --quick (demo, seed 0, 20
+    test images per class)."""
+    done = run_cli("bench", "accuracy", "--quick", "--budget", 80, "--shots", 2,
+                   "--cache-dir", cache, "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    expected = {"tasks": ["demo"], "methods": ["sharpzo-edge"], "shots": [2], "seeds": [0],
+                "budget": 80, "eval_per_class": 20, "provider": "auto", "ort_threads": 1}
+    assert report["settings"] == {**report["settings"], **expected}
+    [run] = report["runs"]
+    assert (run["task"], run["shots"], run["method"]) == ("demo", 2, "sharpzo-edge")
+    assert run["queries"] == 80
+    assert run["test_images"] == 200 and run["shipped"] in run["candidates"]
+    assert "demo" in done.stderr  # the per-run log line goes to stderr, the JSON alone to stdout
+
+
+def test_cli_help_lists_the_options(run_cli):
+    done = run_cli("bench", "accuracy", "--help")
+    assert done.returncode == 0, done.stderr
+    for option in ("--provider", "--threads", "--json", "--quick", "--tasks-dir", "--from-json"):
+        assert option in done.stdout
+    assert "repeat for several" in done.stdout
 
 
 def test_cli_reprints_a_saved_report_and_names_a_missing_task(report, tmp_path, run_cli):

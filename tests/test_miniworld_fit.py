@@ -1,7 +1,7 @@
 """Default `edge-tune fit` runs on the shipped mini-world bundle: a shifted task where tuning pays,
 and a task where zero-shot is already strong, where what ships must not fall below it.
 
-Margins come from the accuracy benchmark (docs/accuracy.md, `python -m edge_tune.bench_accuracy`):
+Margins come from the accuracy benchmark (docs/accuracy.md, `edge-tune bench accuracy`):
 on the full `inverted` task (the demo's shift, same shots) what `fit` ships at 16 shots gains ~15
 points over zero-shot; the test asks for 8 on the demo's 500 held-out images (one standard error
 ≈ 2.2 points), so it fails only when fitting really stops working.
@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edge_tune.bench_accuracy import DEFAULT_BUNDLE, DEMO_TASK
+from edge_tune.fit import DEFAULT_BUNDLE
+from edge_tune_bench.grid import DEMO_TASK
 
 BUDGET = 2000
 MIN_GAIN = 0.08  # accuracy fraction on the demo eval set (500 images, ±2.2 points s.e.)

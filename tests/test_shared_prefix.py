@@ -11,11 +11,11 @@ import pytest
 from conftest import export_in_subprocess
 from fit_support import make_colour_shots
 
-from edge_tune.bench import random_features
 from edge_tune.bundle import open_bundle
 from edge_tune.encoders import PlainEncoder, SharedPrefixEncoder, text_encoder
 from edge_tune.objective import PromptObjective
 from edge_tune.prompts import PromptSpace
+from edge_tune_bench.workload import random_features
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +59,12 @@ def test_a_bundle_without_it_scores_with_text_onnx(tmp_path):
     plain = open_bundle(out)
     encoder = text_encoder(plain, PromptSpace.build(plain, ["a", "b"], seed=0), provider="cpu")
     assert isinstance(encoder, PlainEncoder) and encoder.session.role == "text"
+    # and the speed benchmark times fit's step through text.onnx, with no shared row
+    from edge_tune_bench.speed import run_speed
+
+    report = run_speed(out, classes=3, population=2, threads=1, repeats=1)
+    assert "objective_shared" not in report["rows"]
+    assert report["python_overhead"]["fit_step"]["note"] == "text.onnx + sharpzo/edge"
 
 
 @pytest.mark.parametrize("classes, memory_cap", [(3, None), (10, None), (40, 2**20)])
@@ -109,10 +115,11 @@ def test_int8_converts_the_shared_graph_too(shared_bundle, tmp_path):
 
 
 def test_bench_speed_measures_the_shared_graph_beside_text_onnx(shared_bundle):
-    from edge_tune.bench import run_speed
+    from edge_tune_bench.speed import run_speed
 
     report = run_speed(shared_bundle, classes=4, population=6, threads=1, repeats=1)
     row = report["rows"]["objective_shared"]
     assert row["status"] == "ok" and row["queries_per_s"] > 0
     assert row["note"].startswith("P=5 + S=")
     assert report["ratios"]["shared_vs_objective"] > 0
+    assert report["python_overhead"]["fit_step"]["note"] == "text_shared.onnx + sharpzo/edge"

@@ -1,28 +1,26 @@
-"""The accuracy benchmark on the mini-world: what `fit` ships against every cheap head, per task,
-shots per class and seed, on the same folds and the same test images.
+"""`edge-tune bench accuracy`: what `fit` ships against every cheap head on the mini-world, per
+task, shots per class and seed, on the same folds and the same test images.
 
 Each run is an ordinary `Tuner` (what `edge-tune fit` runs) on `shots` images per class drawn from
 the task's 16 (seeded), with a seeded subsample of the task's evaluation images (default 100 per
-class) as its `eval_set` — a report only: every choice (heads' hyper-parameters, blend weights, what
-ships) comes from the cross-validation folds of the shots. Each run records every candidate's
-cross-validated and test accuracy (zero-shot, each head, zero-shot + head, the tuned prompt, prompt +
-head), what it shipped, and the test accuracy of the fold prompts' ensemble against queries (the
-learning curve). Methods are optimiser x preset x tuning target (`-hybrid`: the prompt is scored
-through the prompt + head blend while it is tuned).
+class) as its `eval_set` — a report only: every choice (heads' hyper-parameters, blend weights,
+what ships) comes from the cross-validation folds of the shots. Each run records every candidate's
+cross-validated and test accuracy (zero-shot, each head, zero-shot + head, the tuned prompt,
+prompt + head), what it shipped, and the test accuracy of the fold prompts' ensemble against
+queries (the learning curve). Methods are optimiser x preset x tuning target (`-hybrid`: the
+prompt is scored through the prompt + head blend while it is tuned). The grid itself is
+`edge_tune_bench.grid`.
 
-    python -m edge_tune.bench_accuracy --quick            # demo task, one seed, small budget
-    python -m edge_tune.bench_accuracy --jobs 2 --out /tmp/accbench/heads.json
+Runs are single-threaded: ORT at `threads` (1), numpy's BLAS at one thread (`edge_tune.blas`), so
+`--jobs 2` uses two cores.
+
+    edge-tune bench accuracy --quick                      # demo task, one seed, small budget
+    edge-tune bench accuracy --jobs 2 --out /tmp/accbench/heads.json
+    python -m edge_tune_bench.accuracy --quick            # the same command
 """
 
 from __future__ import annotations
 
-import os
-
-for _blas_threads in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
-    os.environ.setdefault(_blas_threads, "1")  # the runs are single-threaded; see cli.py
-
-import argparse
-import json
 import statistics
 import sys
 import time
@@ -32,26 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_tune.blas import limit_blas_threads
 from edge_tune.errors import DataError
+from edge_tune_bench.grid import DEFAULT_TASKS_DIR, DEMO_TASK, METHODS
 
-REPO = Path(__file__).resolve().parent.parent
-DEMO_TASK = REPO / "models" / "miniworld" / "demo"
-DEFAULT_BUNDLE = REPO / "models" / "miniworld" / "bundle"
-DEFAULT_TASKS_DIR = Path("/tmp/miniworld/tasks")
-#: Tasks with >= 10 points of first-order headroom, then tasks where zero-shot is already strong.
-HEADROOM_TASKS = ("blur_inverted", "inverted", "noise", "noise_low_contrast", "rot90", "upside_down")
-STRONG_TASKS = ("clean", "blur", "low_contrast")
-DEFAULT_TASKS = HEADROOM_TASKS + STRONG_TASKS
-SHOTS = (1, 2, 4, 8, 16)
-#: Method label -> (optimizer, preset, tune_for).
-METHODS = {
-    "sharpzo-edge": ("sharpzo", "edge", "prompt"),
-    "sharpzo-edge-hybrid": ("sharpzo", "edge", "hybrid"),
-    "sharpzo-paper": ("sharpzo", "paper", "prompt"),
-    "cma": ("cma", "edge", "prompt"),
-    "zo": ("zo", "edge", "prompt"),
-    "spsa-clip": ("spsa-clip", "edge", "prompt"),
-}
 #: The candidates that need no query: what a practitioner fits in milliseconds.
 CHEAP = ("zero-shot", "ncm", "gda", "probe", "tip", "zero-shot + ncm", "zero-shot + gda",
          "zero-shot + probe", "zero-shot + tip")
@@ -70,6 +52,8 @@ class RunSpec:
     eval_per_class: int
     bundle: str
     cache_dir: str
+    provider: str = "auto"
+    threads: int = 1  # ORT intra-op threads of the run
 
 
 def subsample(dataset, per_class: int, seed: int = 0):
@@ -87,7 +71,16 @@ def subsample(dataset, per_class: int, seed: int = 0):
 
 
 def resolve_task(name: str, tasks_dir: Path) -> Path:
-    """`demo` is the committed demo task; any other name is a folder under `tasks_dir`."""
+    """The folder of task `name`: `demo` is the checkout's demo task, any other name a folder
+    under `tasks_dir`; a DataError when it has no shots/ and eval/ folders."""
+    if name == "demo" and not DEMO_TASK.is_dir():
+        raise DataError(
+            "the demo task ships in the edge-tune checkout (models/miniworld/demo), not here",
+            path=DEMO_TASK,
+            hint="Run from a checkout, or write the tasks with `python -m "
+            "edge_tune_export.miniworld.tasks --out DIR` and pass --tasks-dir DIR --tasks inverted "
+            "(the demo's shift)",
+        )
     path = DEMO_TASK if name == "demo" else Path(tasks_dir) / name
     if not (path / "shots").is_dir() or not (path / "eval").is_dir():
         raise DataError(
@@ -113,10 +106,11 @@ def run_one(spec: RunSpec) -> dict:
     optimizer, preset, tune_for = METHODS[spec.method]
     config = FitConfig(optimizer=optimizer, preset=preset, tune_for=tune_for, seed=spec.seed,
                        budget_queries=spec.budget, checkpoint_every=1e9)
-    tuner = Tuner(bundle, shots, eval_set=test, config=config, threads=1,
-                  cache_dir=spec.cache_dir)
-    tuner.run()
-    result = tuner.finish()
+    with limit_blas_threads(1):  # the heads' fits too, not only the loop (Tuner.run)
+        tuner = Tuner(bundle, shots, eval_set=test, config=config, provider=spec.provider,
+                      threads=spec.threads, cache_dir=spec.cache_dir)
+        tuner.run()
+        result = tuner.finish()
     return {
         "task": spec.task, "shots": spec.shots, "method": spec.method, "seed": spec.seed,
         "budget": spec.budget, "queries": result["queries"], "shipped": result["shipped"],
@@ -126,7 +120,8 @@ def run_one(spec: RunSpec) -> dict:
         "curve": [{"queries": m["queries"], "accuracy": m["eval_accuracy"]}
                   for m in tuner.history],
         "train_images": result["data"]["train_images"], "test_images": len(test.samples),
-        "tuning_seconds": result["seconds"], "wall_seconds": round(time.perf_counter() - started, 2),
+        "tuning_seconds": result["seconds"],
+        "wall_seconds": round(time.perf_counter() - started, 2),
     }
 
 
@@ -207,10 +202,10 @@ def markdown(report: dict) -> str:
     s = report["settings"]
     lines = [(f"Test accuracy (%), mean over seeds {s['seeds']}, {s['budget']} queries per fit, "
               f"{s['eval_per_class']} test images per class. `cheap by cv`: the query-free "
-              "candidate fit's rule picks on the folds; `best cheap`: the query-free candidate best "
-              "on the test images per task (an oracle, favourable to the baselines); `pick by cv "
-              "accuracy`: what shipping the best cross-validated accuracy would give; `shipped`: "
-              "what `fit` ships (lowest cross-validated loss)."), ""]
+              "candidate fit's rule picks on the folds; `best cheap`: the query-free candidate "
+              "best on the test images per task (an oracle, favourable to the baselines); `pick "
+              "by cv accuracy`: what shipping the best cross-validated accuracy would give; "
+              "`shipped`: what `fit` ships (lowest cross-validated loss)."), ""]
     for (shots, method), entry in summarise(report).items():
         lines += [f"### {shots} shot(s) per class, {method}", "",
                   "| task | " + " | ".join(COLUMNS) + " | shipped − best cheap | q90 (per seed) "
@@ -237,28 +232,36 @@ def markdown(report: dict) -> str:
 
 
 def bench_accuracy(*, tasks: list[str], methods: list[str], shots: list[int], seeds: list[int],
-                   budget: int, eval_per_class: int, jobs: int, tasks_dir: Path = DEFAULT_TASKS_DIR,
-                   bundle: Path = DEFAULT_BUNDLE, cache_dir: Path | None = None, log=None) -> dict:
-    """Run the grid and return the report (settings + one record per run)."""
+                   budget: int, eval_per_class: int, jobs: int = 1,
+                   tasks_dir: Path = DEFAULT_TASKS_DIR, bundle: str | Path | None = None,
+                   cache_dir: Path | None = None, provider: str = "auto", threads: int = 1,
+                   log=None) -> dict:
+    """The report of the grid tasks x shots x methods x seeds: {"settings", "runs": one record per
+    run (`run_one`), "wall_seconds"}. `bundle` None: $EDGE_TUNE_BUNDLE, else the shipped one."""
     from edge_tune.bundle import open_bundle
     from edge_tune.data import load_eval, load_shots
     from edge_tune.features import default_cache_dir, image_features
+    from edge_tune.fit import resolve_bundle
 
+    bundle = resolve_bundle(bundle)
     cache = str(cache_dir or default_cache_dir())
     dirs = {t: resolve_task(t, tasks_dir) for t in tasks}
-    specs = [RunSpec(t, str(dirs[t]), n, m, s, budget, eval_per_class, str(bundle), cache)
+    specs = [RunSpec(t, str(dirs[t]), n, m, s, budget, eval_per_class, str(bundle), cache,
+                     provider, threads)
              for t in tasks for n in shots for m in methods for s in seeds]
     report = {"settings": {"tasks": tasks, "methods": methods, "shots": shots, "seeds": seeds,
                            "budget": budget, "eval_per_class": eval_per_class,
-                           "bundle": str(bundle), "ort_threads": 1, "jobs": jobs},
+                           "bundle": str(bundle), "provider": provider, "ort_threads": threads,
+                           "jobs": jobs},
               "runs": []}
     started = time.perf_counter()
     opened = open_bundle(bundle)  # image features once per task here: the runs only read the cache
-    for t in tasks:
-        every = load_shots(dirs[t] / "shots")
-        image_features(opened, every, cache_dir=cache, threads=1)
-        image_features(opened, subsample(load_eval(dirs[t] / "eval", every), eval_per_class),
-                       cache_dir=cache, threads=1)
+    with limit_blas_threads(1):
+        for t in tasks:
+            every = load_shots(dirs[t] / "shots")
+            image_features(opened, every, cache_dir=cache, provider=provider, threads=threads)
+            image_features(opened, subsample(load_eval(dirs[t] / "eval", every), eval_per_class),
+                           cache_dir=cache, provider=provider, threads=threads)
     if jobs > 1:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             for result in pool.map(run_one, specs):
@@ -272,6 +275,11 @@ def bench_accuracy(*, tasks: list[str], methods: list[str], shots: list[int], se
     return report
 
 
+def merge_reports(reports: list[dict]) -> dict:
+    """Saved reports as one: the first one's settings, every report's runs."""
+    return {"settings": reports[0]["settings"], "runs": [r for x in reports for r in x["runs"]]}
+
+
 def _log(log, r: dict) -> None:
     if log is not None:
         shipped = r["candidates"][r["shipped"]]["test"]
@@ -280,50 +288,7 @@ def _log(log, r: dict) -> None:
             f"{100 * r['candidates']['zero-shot']['test']:.1f}; {r['wall_seconds']:.0f} s)")
 
 
-def main(argv: list[str] | None = None, prog: str | None = None) -> None:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true",
-                   help="demo task, seed 0, 16 and 4 shots, 400 queries, 20 eval images/class")
-    p.add_argument("--tasks", nargs="+", default=None, help=f"default: {' '.join(DEFAULT_TASKS)}")
-    p.add_argument("--tasks-dir", type=Path, default=DEFAULT_TASKS_DIR)
-    p.add_argument("--methods", nargs="+", default=["sharpzo-edge"], choices=list(METHODS))
-    p.add_argument("--shots", nargs="+", type=int, default=list(SHOTS))
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--budget", type=int, default=2000, help="queries per fit (equal for all)")
-    p.add_argument("--eval-per-class", type=int, default=100)
-    p.add_argument("--jobs", type=int, default=1, help="parallel runs (each uses 1 ORT thread)")
-    p.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
-    p.add_argument("--cache-dir", type=Path, default=None)
-    p.add_argument("--out", type=Path, help="write the full report (runs and curves) as JSON")
-    p.add_argument("--from-json", type=Path, nargs="+",
-                   help="only print the tables of saved reports (their runs merged)")
-    a = p.parse_args(argv)
-    if a.from_json:
-        reports = [json.loads(path.read_text(encoding="utf-8")) for path in a.from_json]
-        report = {"settings": reports[0]["settings"], "runs": [r for x in reports for r in x["runs"]]}
-    else:
-        if a.quick:
-            tasks, seeds, shots, budget = a.tasks or ["demo"], [0], [16, 4], 400
-            a.eval_per_class = 20
-        else:
-            tasks, seeds, shots, budget = a.tasks or list(DEFAULT_TASKS), a.seeds, a.shots, a.budget
-        report = bench_accuracy(tasks=tasks, methods=a.methods, shots=shots, seeds=seeds,
-                                budget=budget, eval_per_class=a.eval_per_class, jobs=a.jobs,
-                                tasks_dir=a.tasks_dir, bundle=a.bundle, cache_dir=a.cache_dir,
-                                log=lambda line: print(line, file=sys.stderr, flush=True))
-        if a.out:
-            from edge_tune.atomic import atomic_write_bytes
+if __name__ == "__main__":  # `python -m edge_tune_bench.accuracy` is `edge-tune bench accuracy`
+    from edge_tune.cli import main
 
-            atomic_write_bytes(a.out, (json.dumps(report) + "\n").encode("utf-8"))
-    print(markdown(report))
-
-
-if __name__ == "__main__":
-    from edge_tune.errors import EdgeTuneError
-
-    try:
-        main()
-    except EdgeTuneError as err:
-        print(f"Error: {err}", file=sys.stderr)
-        sys.exit(1)
+    main(["bench", "accuracy", *sys.argv[1:]])
