@@ -17,10 +17,9 @@ from typing import Any
 import numpy as np
 
 from edge_tune.errors import BundleError
+from edge_tune.manifest import FORMAT_VERSION, NOT_A_BUNDLE, REEXPORT, bundle_file, parse_manifest
 
-FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-REEXPORT = "re-export it with `edge-tune export MODEL --out DIR`"
 COPY_AGAIN = f"copy the whole bundle again, or {REEXPORT}"
 # ORT memory settings per graph (measured in docs/bench.md). The text graph runs every query: it
 # keeps its arena (the objective's run-size cap bounds it; off cost ~5% speed for ~20 MiB). The
@@ -39,7 +38,6 @@ GRAPH_SIGNATURES = {
     "text_shared": ({"prefix_embeds": ("tensor(float)", 3), "suffix_embeds": ("tensor(float)", 4),
                      "eot_in_suffix": ("tensor(int64)", 2)}, "text_embeds"),
 }
-REQUIRED_GRAPHS = ("text", "image")
 #: The input whose last axis is the text width D, per text role.
 WIDTH_INPUT = {"text": "prompt_embeds", "text_shared": "prefix_embeds"}
 
@@ -71,7 +69,11 @@ class Bundle:
         return int(self.manifest["dims"]["vocab_size"])
 
     def file(self, name: str) -> Path:
-        return self.path / name
+        """The path of a file the manifest lists (and so hashes), confined to the bundle."""
+        if name not in self.manifest["files"]:
+            raise BundleError(f"{name} is not listed in manifest.json (its hash is unknown)",
+                              path=self.path / MANIFEST, hint=REEXPORT)
+        return bundle_file(self.path, name)
 
     def token_embedding(self) -> np.ndarray:
         """f32[V,D]; memory-mapped when stored as f32, so the 100 MB table of ViT-B/16 stays on disk."""
@@ -79,10 +81,14 @@ class Bundle:
             path = self.file("token_embedding.npy")
             try:
                 table = np.load(path, mmap_mode="r", allow_pickle=False)
-            except (OSError, ValueError) as err:
-                raise BundleError(f"cannot read the token table ({err})", path=path, hint=REEXPORT) from None
-            if table.ndim != 2 or table.shape[1] != self.text_width:
-                raise BundleError(f"token table has shape {table.shape}, expected [V, {self.text_width}]",
+            except Exception as err:  # noqa: BLE001 - numpy's header parser raises many kinds on junk
+                raise BundleError(f"cannot read the token table ({type(err).__name__}: {err})",
+                                  path=path, hint=REEXPORT) from None
+            if table.ndim != 2 or table.shape != (self.vocab_size, self.text_width):
+                raise BundleError(f"token table has shape {list(table.shape)}, expected "
+                                  f"[{self.vocab_size}, {self.text_width}]", path=path, hint=REEXPORT)
+            if table.dtype not in (np.float32, np.float16):
+                raise BundleError(f"token table is {table.dtype}, expected float32 or float16",
                                   path=path, hint=REEXPORT)
             if table.dtype != np.float32:
                 table = np.asarray(table, dtype=np.float32)
@@ -169,25 +175,21 @@ def open_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     if isinstance(path, Bundle):  # already open: callers may pass either
         return path
     root = Path(path)
+    if not root.exists():
+        raise BundleError("bundle directory does not exist", path=root, hint=NOT_A_BUNDLE)
     if not root.is_dir():
-        raise BundleError("bundle directory does not exist", path=root,
-                          hint="pass a directory made by `edge-tune export MODEL --out DIR`")
+        raise BundleError("is a file, not a bundle directory", path=root, hint=NOT_A_BUNDLE)
     manifest_path = root / MANIFEST
+    if not manifest_path.exists():
+        raise BundleError("no manifest.json: not an edge-tune bundle", path=root, hint=NOT_A_BUNDLE)
     try:
-        raw = manifest_path.read_bytes()
-    except OSError:
-        raise BundleError("no manifest.json: not an edge-tune bundle", path=root,
-                          hint="pass a directory made by `edge-tune export MODEL --out DIR`") from None
-    manifest = _parse_manifest(raw, manifest_path)
-    for name, graph in manifest["graphs"].items():
-        if graph.get("file") not in manifest["files"]:
-            raise BundleError(f"{name} graph file {graph.get('file')!r} is not listed under 'files'",
-                              path=manifest_path, hint=REEXPORT)
+        raw = bundle_file(root, MANIFEST).read_bytes()
+    except OSError as err:
+        raise BundleError(f"cannot read manifest.json ({err.strerror})", path=manifest_path,
+                          hint=COPY_AGAIN) from None
+    manifest = parse_manifest(raw, manifest_path)
     for name, entry in manifest["files"].items():
-        file_path = root / name
-        if not file_path.is_file():
-            raise BundleError("missing bundle file (listed in manifest.json)", path=file_path,
-                              hint=COPY_AGAIN)
+        file_path = bundle_file(root, name)  # confined, a regular file: before anything opens it
         if verify:
             size = file_path.stat().st_size
             if "bytes" in entry and size != entry["bytes"]:
@@ -202,38 +204,6 @@ def open_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
                   context_length=int(dims["context_length"]), sot_id=int(tokens["sot_id"]),
                   eot_id=int(tokens["eot_id"]), logit_scale=float(manifest["logit_scale"]),
                   preprocess=dict(manifest["preprocess"]))
-
-
-def _parse_manifest(raw: bytes, path: Path) -> dict:
-    try:
-        manifest = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as err:
-        raise BundleError(f"manifest.json is not valid JSON ({err})", path=path, hint=REEXPORT) from None
-    if not isinstance(manifest, dict) or manifest.get("format") != "edge-tune-bundle":
-        raise BundleError("not an edge-tune bundle manifest (format is not 'edge-tune-bundle')", path=path,
-                          hint="pass a directory made by `edge-tune export MODEL --out DIR`")
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version < 1:
-        raise BundleError(f"invalid format_version {version!r}", path=path, hint=REEXPORT)
-    if version > FORMAT_VERSION:
-        raise BundleError(f"bundle format_version {version} is newer than this edge-tune reads "
-                          f"({FORMAT_VERSION})", path=path,
-                          hint="upgrade edge-tune on this device (pip install -U edge-tune)")
-    required = {"model": dict, "dims": dict, "tokens": dict, "preprocess": dict, "graphs": dict, "files": dict,
-                "logit_scale": (int, float)}
-    for key, kind in required.items():
-        if not isinstance(manifest.get(key), kind):
-            raise BundleError(f"manifest.json lacks a valid {key!r} entry", path=path, hint=REEXPORT)
-    for role in REQUIRED_GRAPHS:
-        if role not in manifest["graphs"] or not isinstance(manifest["graphs"][role], dict):
-            raise BundleError(f"manifest.json names no {role} graph", path=path, hint=REEXPORT)
-    for key in ("text_width", "projection_dim", "context_length"):
-        if not isinstance(manifest["dims"].get(key), int):
-            raise BundleError(f"manifest.json dims lack {key!r}", path=path, hint=REEXPORT)
-    for key in ("sot_id", "eot_id"):
-        if not isinstance(manifest["tokens"].get(key), int):
-            raise BundleError(f"manifest.json tokens lack {key!r}", path=path, hint=REEXPORT)
-    return manifest
 
 
 def bundle_info(path: str | Path, *, provider: str = "auto", threads: int | None = None,

@@ -10,12 +10,14 @@ checkpoint in place.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 import uuid
 import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_tune.atomic import (
+    UMASK,
     atomic_save_npz,
     atomic_write_bytes,
     atomic_write_json,
@@ -33,13 +36,16 @@ from edge_tune.errors import CheckpointError
 
 STATE_DIR = "state"
 LATEST = "LATEST"
-CHECKPOINT_FORMAT = 2  # 2: one optimiser state per cross-validation fold
+CHECKPOINT_FORMAT = 3  # 3: the record carries its checksum and its files'
 
 
 def load_npz(path: str | Path) -> dict[str, np.ndarray]:
-    """Read every array of an `.npz` without pickle."""
-    with np.load(path, allow_pickle=False) as archive:
-        return {name: archive[name] for name in archive.files}
+    """Read every array of an `.npz` without pickle; a truncated or corrupt archive is a ValueError."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except (zipfile.BadZipFile, zlib.error, EOFError) as err:
+        raise ValueError(f"not a complete .npz archive: {err}") from None
 
 
 # --- checkpoints ------------------------------------------------------------------------------
@@ -93,14 +99,16 @@ def write_checkpoint(
     previous = checkpoint_dir(run_dir)
     name = f"ckpt-{step:09d}-{uuid.uuid4().hex[:8]}"  # unique, so it never collides with LATEST's
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=state))
+    os.chmod(tmp, 0o777 & ~UMASK)  # mkdtemp makes 0700; the run's group may read it
     final = state / name
     try:
         for index, optimizer_state in enumerate(optimizer_states):
             save_state(tmp / f"optimizer-{index}.npz", optimizer_state)
             fsync_file(tmp / f"optimizer-{index}.npz")
         atomic_save_npz(tmp / "tuner.npz", arrays)
-        atomic_write_json(tmp / "tuner.json", {"checkpoint_format": CHECKPOINT_FORMAT,
-                                               "optimizer_states": len(optimizer_states), **record})
+        full = {"checkpoint_format": CHECKPOINT_FORMAT, "optimizer_states": len(optimizer_states),
+                **record, "file_sha256": {f.name: sha256_of(f) for f in sorted(tmp.glob("*.npz"))}}
+        atomic_write_json(tmp / "tuner.json", {**full, "record_sha256": record_digest(full)})
         fsync_dir(tmp)
         os.replace(tmp, final)
         fsync_dir(state)
@@ -108,19 +116,40 @@ def write_checkpoint(
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(final, ignore_errors=True)
-        kept = (
-            f"the previous checkpoint {previous.name} is kept" if previous else "no checkpoint kept"
-        )
+        if previous is not None:
+            kept, then = (f"the previous checkpoint {previous.name} is kept",
+                          f"continue with --resume {Path(run_dir)}")
+        else:
+            kept, then = "the run has no checkpoint yet", "run the same command again"
         raise CheckpointError(
             f"cannot write a checkpoint ({err.strerror or err}); {kept}",
             path=state,
-            hint="Free disk space, then continue with --resume",
+            hint=f"Free disk space, then {then}",
         ) from err
     for old in state.iterdir():
         if old.name.startswith(("ckpt-", ".ckpt-")) and old != final:
             shutil.rmtree(old, ignore_errors=True)
     return final
 
+
+
+def record_digest(record: Mapping[str, object]) -> str:
+    """sha256 of a checkpoint record in canonical JSON (what `read_checkpoint` checks)."""
+    text = json.dumps(record, sort_keys=True, allow_nan=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _files_match(path: Path, digests) -> bool:
+    if not isinstance(digests, dict):
+        return False
+    try:
+        return all(sha256_of(path / name) == digest for name, digest in digests.items())
+    except OSError:
+        return False
 
 
 def read_checkpoint(run_dir: str | Path) -> Checkpoint:
@@ -148,6 +177,13 @@ def read_checkpoint(run_dir: str | Path) -> Checkpoint:
             f"checkpoint format {record.get('checkpoint_format')} is not " f"{CHECKPOINT_FORMAT}",
             path=path / "tuner.json",
             hint="Resume it with the edge-tune version that wrote it",
+        )
+    stored = record.pop("record_sha256", None) if isinstance(record, dict) else None
+    if stored != record_digest(record) or not _files_match(path, record.get("file_sha256")):
+        raise CheckpointError(
+            "the checkpoint does not match its checksum (edited or corrupted)",
+            path=path / "tuner.json",
+            hint="Resume an unaltered run, or start a new run with --out",
         )
     states = [load_state(path / f"optimizer-{i}.npz") for i in range(int(record["optimizer_states"]))]
     return Checkpoint(path=path, record=record, arrays=arrays, optimizer_states=states)

@@ -222,10 +222,15 @@ class Classifier:
         self, paths: Iterable[str | Path], *, top_k: int = 3
     ) -> tuple[list[Prediction], list[tuple[str, str]]]:
         """Predict every readable image; return the predictions and the skipped (path, reason)."""
+        from edge_tune.data import file_problem
         from edge_tune.preprocess import preprocess_image
 
         readable, pixels, skipped = [], [], []
         for path in paths:
+            problem = file_problem(Path(path))  # the files `fit` accepts, none opened before this
+            if problem is not None:
+                skipped.append((str(path), problem))
+                continue
             try:
                 pixels.append(preprocess_image(path, self.bundle.preprocess))
             except DataError as err:
@@ -252,13 +257,20 @@ class Classifier:
 
 def _recorded_bundle(result_json: Path) -> Path:
     try:
-        return Path(json.loads(result_json.read_text(encoding="utf-8"))["bundle"]["path"])
+        recorded = Path(json.loads(result_json.read_text(encoding="utf-8"))["bundle"]["path"])
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise BundleError(
             "cannot tell which bundle this classifier needs",
             path=result_json,
             hint="Pass --bundle with the bundle the run was tuned with",
         ) from err
+    if not recorded.is_dir():
+        raise BundleError(
+            "the bundle this run was tuned with is no longer here",
+            path=recorded,
+            hint="Pass --bundle DIR with that bundle where it is now",
+        )
+    return recorded
 
 
 def _name(image) -> str:
@@ -278,7 +290,7 @@ def collect_images(paths: Iterable[str | Path]) -> list[Path]:
                 sorted(
                     p
                     for p in path.rglob("*")
-                    if p.is_file()
+                    if not p.is_dir()
                     and not any(part.startswith(".") for part in p.relative_to(path).parts)
                 )
             )

@@ -14,15 +14,18 @@ import os
 for _blas_threads in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_blas_threads, "1")
 
+import contextlib  # noqa: E402
 import json  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import click  # noqa: E402
 
 from edge_tune.errors import EdgeTuneError  # noqa: E402
-from edge_tune.fit import HEAD_CHOICES, PRESETS, TUNE_FOR  # noqa: E402
+from edge_tune.fit import HEAD_CHOICES, PRESETS, TUNE_FOR, FitConfig  # noqa: E402
 from edge_tune.optim import OPTIMIZERS  # noqa: E402
+from edge_tune.prompts import DEFAULT_TEMPLATE  # noqa: E402
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -151,20 +154,22 @@ def info_command(bundle_dir, provider, threads, as_json) -> None:
               help="Bundle directory [$EDGE_TUNE_BUNDLE, else the shipped mini-world bundle].")
 @click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
               help="Labelled images: DATA/<class>/*.jpg.")
-@click.option("--template", default="a photo of a {}.", show_default=True,
+@click.option("--template", default=DEFAULT_TEMPLATE, show_default=True,
               help="Zero-shot prompt; {} is replaced by the class name.")
 @click.option("--prompt", "prompt_path", type=click.Path(path_type=Path),
               help="A tuned prompt alone instead of the template: a fit run folder or its prompt.npz.")
 @click.option("--run", "run_path", type=click.Path(path_type=Path),
               help="What a fit run shipped (its classifier.npz: prompt or template, plus a head).")
+@click.option("--split", "split_json", type=click.Path(path_type=Path),
+              help="A CoOp/Dassl split_zhou_<dataset>.json: score its test part; DATA is its image root.")
 @click.option("--strict", is_flag=True, help="Fail on unreadable images instead of skipping them.")
 @click.option("--cache-dir", type=click.Path(path_type=Path),
               help="Image-feature cache [$EDGE_TUNE_CACHE, else ~/.cache/edge-tune].")
 @click.option("--provider", default="auto", show_default=True, help="Execution provider.")
 @click.option("--threads", type=click.IntRange(1), help="ORT intra-op threads.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def eval_command(bundle_dir, data_dir, template, prompt_path, run_path, strict, cache_dir,
-                 provider, threads, as_json) -> None:
+def eval_command(bundle_dir, data_dir, template, prompt_path, run_path, split_json, strict,
+                 cache_dir, provider, threads, as_json) -> None:
     """Accuracy of a zero-shot template or a tuned prompt on a folder of labelled images.
 
     \b
@@ -173,22 +178,26 @@ def eval_command(bundle_dir, data_dir, template, prompt_path, run_path, strict, 
       edge-tune eval --bundle B --data ./test --template "a blurry photo of a {}."
       edge-tune eval --bundle B --data ./test --prompt runs/pets --json
       edge-tune eval --bundle B --data ./test --run runs/pets
+      edge-tune eval --bundle B --data ./oxford_pets/images --split split_zhou_OxfordPets.json
     """
     from edge_tune.bundle import open_bundle
-    from edge_tune.data import load_shots
+    from edge_tune.data import load_dassl_split, load_shots
     from edge_tune.fit import resolve_bundle
     from edge_tune.objective import evaluate_dataset
+    from edge_tune.report import encoding_progress
 
     if prompt_path is not None and run_path is not None:
         raise click.UsageError("give --prompt or --run, not both")
     bundle = open_bundle(resolve_bundle(bundle_dir))
-    dataset = load_shots(data_dir, strict=strict)
+    if split_json is not None:
+        dataset = load_dassl_split(split_json, data_dir)[2]
+    else:
+        dataset = load_shots(data_dir, strict=strict)
     if dataset.report():
         click.echo(dataset.report(), err=True)
-    with _EncodingBar() as progress:
-        result = evaluate_dataset(bundle, dataset, template=template, prompt=prompt_path,
-                                  run=run_path, cache_dir=cache_dir, provider=provider, threads=threads,
-                                  progress=progress)
+    result = evaluate_dataset(bundle, dataset, template=template, prompt=prompt_path, run=run_path,
+                              cache_dir=cache_dir, provider=provider, threads=threads,
+                              progress=encoding_progress())
     if as_json:
         click.echo(json.dumps(result))
         return
@@ -200,33 +209,19 @@ def eval_command(bundle_dir, data_dir, template, prompt_path, run_path, strict, 
                f"mean cross-entropy {result['loss']:.4f}")
 
 
-class _EncodingBar:
-    """A click progress bar on stderr while images are encoded, for 32 or more on a terminal."""
-
-    def __init__(self, threshold: int = 32):
-        self.threshold, self.bar, self.done = threshold, None, 0
-
-    def __enter__(self):
-        return self.update
-
-    def update(self, done: int, total: int) -> None:
-        if self.bar is None and total >= self.threshold and sys.stderr.isatty():
-            self.bar = click.progressbar(length=total, label="encoding images", file=sys.stderr)
-            self.bar.__enter__()
-        if self.bar is not None:
-            self.bar.update(done - self.done)
-        self.done = done
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-
-
 # --- fit / predict ----------------------------------------------------------------------------
 
 
 @cli.command()
-@click.option("--data", type=click.Path(path_type=Path), help="Shots folder: DATA/<class>/*.jpg.")
+@click.option("--data", type=click.Path(path_type=Path),
+              help="Shots folder: DATA/<class>/*.jpg (with --split: the split's image root).")
+@click.option("--split", "split_json", type=click.Path(path_type=Path),
+              help="A CoOp/Dassl split_zhou_<dataset>.json: tune on --shots per class of its train "
+                   "part, drawn as Dassl does (--split-seed), and report on its test part.")
+@click.option("--shots", type=click.IntRange(1), default=16, show_default=True,
+              help="With --split: images per class.")
+@click.option("--split-seed", type=int, default=1, show_default=True,
+              help="With --split: Dassl's seed for drawing the shots.")
 @click.option("--eval", "eval_dir", type=click.Path(path_type=Path),
               help="Labelled folder to report accuracy on (never used for any choice).")
 @click.option("--bundle", type=click.Path(path_type=Path),
@@ -239,9 +234,13 @@ class _EncodingBar:
 @click.option("--preset", type=click.Choice(list(PRESETS)), help="Optimiser preset [edge].")
 @click.option("--optimizer", type=click.Choice(list(OPTIMIZERS)), help="Optimiser [sharpzo].")
 @click.option("--budget-queries", type=click.IntRange(1),
-              help="Optimiser queries over all folds [2000].")
-@click.option("--budget-time", help="Tuning time, e.g. 90s, 20m, 1h30m.")
-@click.option("--seed", type=int, help="Seed of the folds, optimisers and projection [0].")
+              help=f"Optimiser queries over all folds [{FitConfig.budget_queries}].")
+@click.option("--budget-time",
+              help="Tuning time, e.g. 90s, 20m, 1h30m. Alone it lifts the default "
+                   f"{FitConfig.budget_queries}-query cap "
+                   "(tuning runs until the time is up); with --budget-queries, the first reached stops.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1),
+              help="Seed of the folds, optimisers and projection, 0..2^32-1 [0].")
 @click.option("--provider", default="auto", show_default=True, help="Execution provider.")
 @click.option("--threads", type=click.IntRange(1), help="ORT intra-op threads.")
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory [runs/<timestamp>].")
@@ -250,9 +249,9 @@ class _EncodingBar:
 @click.option("--eval-every", type=click.IntRange(1),
               help="Rounds (a step of every fold) between evaluations [10].")
 @click.option("--json", "as_json", is_flag=True, help="Print result.json on stdout.")
-def fit(data, eval_dir, bundle, head, tune_for, folds, preset, optimizer, budget_queries,
-        budget_time, seed, provider, threads, out, resume, checkpoint_every, eval_every,
-        as_json) -> None:
+def fit(data, split_json, shots, split_seed, eval_dir, bundle, head, tune_for, folds, preset,
+        optimizer, budget_queries, budget_time, seed, provider, threads, out, resume,
+        checkpoint_every, eval_every, as_json) -> None:
     """Tune the prompt to your shots with forward passes only, and ship the best classifier the
     shots can prove: zero-shot, an image head, the tuned prompt, or prompt + head.
 
@@ -261,12 +260,21 @@ def fit(data, eval_dir, bundle, head, tune_for, folds, preset, optimizer, budget
       edge-tune fit --data ./shots --budget-queries 2000
       edge-tune fit --data ./shots --eval ./eval --budget-time 20m --out runs/pets
       edge-tune fit --resume runs/pets
+      edge-tune fit --data ./oxford_pets/images --split split_zhou_OxfordPets.json --shots 16
     """
     from edge_tune.fit import FitConfig, Tuner, new_run_dir, parse_duration, resolve_bundle
     from edge_tune.fit import stop_on_signals
-    from edge_tune.report import Progress, encoding_progress, format_summary
+    from edge_tune.report import Progress, budget_line, encoding_progress, format_summary
 
     seconds = parse_duration(budget_time) if budget_time else None
+    if split_json is not None:  # the shots and the evaluation set come from the split file
+        if data is None:
+            raise click.UsageError("--split needs --data IMAGE_ROOT (the split's paths start there)")
+        if eval_dir is not None:
+            raise click.UsageError("--split reports on its own test part; drop --eval")
+        from edge_tune.data import load_dassl_split
+
+        data, _, eval_dir = load_dassl_split(split_json, data, shots=shots, seed=split_seed)
     if resume is not None:
         fixed = {"--out": out, "--preset": preset, "--optimizer": optimizer, "--seed": seed,
                  "--head": head, "--tune-for": tune_for, "--folds": folds,
@@ -275,10 +283,11 @@ def fit(data, eval_dir, bundle, head, tune_for, folds, preset, optimizer, budget
         if given:
             raise EdgeTuneError(f"{', '.join(given)} cannot change when resuming", path=resume,
                                 hint="Resume with the run's own settings, or start a new run")
-        tuner = Tuner.resume(resume, bundle=bundle, shots=data, eval_set=eval_dir,
-                             budget_queries=budget_queries, budget_seconds=seconds,
-                             provider=provider, threads=threads,
-                             feature_progress=encoding_progress())
+        with _setup_stops_cleanly():
+            tuner = Tuner.resume(resume, bundle=bundle, shots=data, eval_set=eval_dir,
+                                 budget_queries=budget_queries, budget_seconds=seconds,
+                                 provider=provider, threads=threads,
+                                 feature_progress=encoding_progress())
         run_dir = resume
     else:
         if data is None:
@@ -291,13 +300,16 @@ def fit(data, eval_dir, bundle, head, tune_for, folds, preset, optimizer, budget
         if budget_queries is not None or seconds is not None:  # else FitConfig's default budget
             chosen.update(budget_queries=budget_queries, budget_seconds=seconds)
         run_dir = out if out is not None else new_run_dir()
-        tuner = Tuner(resolve_bundle(bundle), data, eval_set=eval_dir, config=FitConfig(**chosen),
-                      run_dir=run_dir, provider=provider, threads=threads,
-                      feature_progress=encoding_progress())
+        with _setup_stops_cleanly():
+            tuner = Tuner(resolve_bundle(bundle), data, eval_set=eval_dir,
+                          config=FitConfig(**chosen), run_dir=run_dir, provider=provider,
+                          threads=threads, feature_progress=encoding_progress())
     for dataset in tuner.datasets.values():
         if dataset is not None and dataset.report():
             click.echo(dataset.report(), err=True)
     budget = tuner.budget
+    click.echo(budget_line(budget.queries, budget.seconds,
+                           default_queries=FitConfig.budget_queries), err=True)
     progress = Progress(budget_queries=budget.queries, budget_seconds=budget.seconds)
 
     def show(tuner, info) -> None:
@@ -316,6 +328,25 @@ def fit(data, eval_dir, bundle, head, tune_for, folds, preset, optimizer, budget
         sys.exit(128 + caught[0])
     result = tuner.finish()
     click.echo(json.dumps(result) if as_json else format_summary(result, run_dir))
+
+
+@contextlib.contextmanager
+def _setup_stops_cleanly():
+    """Ctrl-C or SIGTERM while fit encodes images (before its first checkpoint): one line that
+    says what to do, exit 128 + signal. The features encoded so far are in the cache already."""
+    def terminate(signum, frame):
+        raise KeyboardInterrupt(signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    except KeyboardInterrupt as stop:
+        signum = stop.args[0] if stop.args else signal.SIGINT
+        click.echo(f"\nStopped before tuning began ({signal.Signals(signum).name}); the images "
+                   "encoded so far are cached: run the same command again to go on.", err=True)
+        sys.exit(128 + signum)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @cli.command()

@@ -8,8 +8,10 @@ mismatched evaluation classes) raise one-line `DataError`s that name the fix.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
+import stat
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,7 +20,8 @@ import numpy as np
 
 from edge_tune.errors import DataError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+#: What `fit`, `eval` and `predict` all read (a GIF or TIFF: its first frame).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 CLASSNAMES_FILE = "classnames.json"
 
 
@@ -95,7 +98,7 @@ def load_shots(root: str | Path, *, strict: bool = False) -> Dataset:
         for path in sorted(folder.iterdir()):
             if path.name.startswith("."):
                 continue
-            problem = _image_problem(path)
+            problem = image_problem(path)
             if problem is not None:
                 if strict and not problem.startswith("not an image"):
                     raise DataError(
@@ -111,7 +114,45 @@ def load_shots(root: str | Path, *, strict: bool = False) -> Dataset:
                 path=folder,
                 hint=f"Add {', '.join(IMAGE_EXTENSIONS)} photos or remove the folder",
             )
-    return Dataset(classnames=names, samples=samples, root=root, skipped=tuple(skipped))
+    notes = _linked_class_folders(folders, names) + _identical_across_classes(samples, names)
+    return Dataset(classnames=names, samples=samples, root=root, skipped=tuple(skipped),
+                   notes=tuple(notes))
+
+
+def _linked_class_folders(folders: list[Path], names: list[str]) -> list[str]:
+    """A warning for each class folder that is the same folder as an earlier one (a symlink)."""
+    seen: dict[Path, str] = {}
+    notes = []
+    for folder, name in zip(folders, names):
+        real = folder.resolve()
+        if real in seen:
+            notes.append(f"warning: class {name!r} is the same folder as {seen[real]!r} (a link); "
+                         "both hold the same photos")
+        seen.setdefault(real, name)
+    return notes
+
+
+def _identical_across_classes(samples: list[Sample], names: list[str]) -> list[str]:
+    """A warning when one image file's bytes appear under two classes. Only files of equal size
+    are hashed, so a large evaluation folder is not read twice."""
+    by_size: dict[int, list[Sample]] = {}
+    for sample in samples:
+        by_size.setdefault(sample.path.stat().st_size, []).append(sample)
+    clashes = []
+    for group in by_size.values():
+        if len({s.label for s in group}) < 2:
+            continue
+        by_digest: dict[str, list[Sample]] = {}
+        for sample in group:
+            digest = hashlib.sha256(sample.path.read_bytes()).hexdigest()
+            by_digest.setdefault(digest, []).append(sample)
+        clashes += [same for same in by_digest.values() if len({s.label for s in same}) > 1]
+    if not clashes:
+        return []
+    first = clashes[0]
+    where = " and ".join(f"{names[s.label]!r} ({s.path.name})" for s in first[:2])
+    more = f" (and {len(clashes) - 1} more)" if len(clashes) > 1 else ""
+    return [f"warning: the same image is in classes {where}{more}; a photo belongs to one class"]
 
 
 def load_eval(root: str | Path, train: Dataset, *, strict: bool = False) -> Dataset:
@@ -227,18 +268,33 @@ def describe_skipped(skipped, *, limit: int = 3, notes=()) -> str | None:
     return text or None
 
 
-def _image_problem(path: Path) -> str | None:
+def image_problem(path: Path) -> str | None:
     """Why `path` cannot be used as an image (None when it decodes)."""
     from edge_tune.preprocess import open_image
 
-    if path.is_dir():
-        return "not an image (a folder)"
-    if path.suffix.lower() not in IMAGE_EXTENSIONS:
-        return f"not an image (extension {path.suffix or 'none'!r})"
+    problem = file_problem(path)
+    if problem is not None:
+        return problem
     try:
         open_image(path, draft_size=(64, 64))  # JPEGs decode at 1/8 scale: 3x faster, same checks
     except DataError as err:
         return err.message
+    return None
+
+
+def file_problem(path: Path) -> str | None:
+    """Why `path` is not an image file, without opening it (None when it may be one). Only a
+    regular file is ever opened: a FIFO named `x.png` would block its reader forever."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as err:
+        return f"cannot be read ({err.strerror or err})"
+    if stat.S_ISDIR(mode):
+        return "not an image (a folder)"
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a FIFO, socket or device); skipped without opening it"
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return f"not an image (extension {path.suffix or 'none'!r})"
     return None
 
 

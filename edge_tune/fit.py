@@ -16,7 +16,7 @@ which also feeds SharpZO's plateau switch) and, if an `eval_set` was given, on i
 `finish()` compares zero-shot, every head, zero-shot + head, the tuned prompt (the fold prompts'
 ensemble) and prompt + head on the same folds and ships the best (`edge_tune.select`).
 
-    tuner = Tuner("edge_tune/bundles/miniworld", "shots/", config=FitConfig(budget_queries=2000))
+    tuner = Tuner("bundles/b16", "shots/", config=FitConfig(budget_queries=2000))
     tuner.run()
     result = tuner.finish()
 """
@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_tune import select
+from edge_tune import rundir, select
 from edge_tune.atomic import atomic_write_json
 from edge_tune.blas import loop_blas_threads
 from edge_tune.checkpoint import checkpoint_dir, read_checkpoint, write_checkpoint
@@ -47,6 +47,7 @@ from edge_tune.heads import HEAD_NAMES, apply_head, fit_head
 from edge_tune.encoders import text_encoder
 from edge_tune.memory import peak_rss_mib
 from edge_tune.objective import PromptObjective, ensemble, score
+from edge_tune.prompts import DEFAULT_INIT
 from edge_tune.report import MetricsLog, draw_curve, read_metrics
 
 PRESETS = ("edge", "paper")
@@ -76,7 +77,7 @@ class FitConfig:
     tune_for: str = "prompt"
     eval_every: int = 10  # rounds (one step of every fold) between evaluations
     checkpoint_every: float = 60.0  # seconds between checkpoints (and one at the end)
-    init: str = "a photo of a"  # phrase whose token embeddings initialise the context
+    init: str = DEFAULT_INIT  # phrase whose token embeddings initialise the context
     prompt_dim: int = 512  # d, the tuned vector's size (SharpZO Table 8)
     projection_std: float | None = None  # std of the projection A; None: the prompt space's default
     parameterisation: str = "sharpzo"  # "sharpzo" (ctx0 + A·w) or "coop" (free context vectors)
@@ -249,6 +250,10 @@ def fold_seed(seed: int, fold: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(fold)]).generate_state(1)[0])
 
 
+def _has_checkpoint(run_dir: Path) -> bool:
+    return run_dir.is_dir() and checkpoint_dir(run_dir) is not None
+
+
 def _refuse_if_changed(run_dir, what: str, mine: str | None, theirs: str | None) -> None:
     if mine != theirs:
         raise CheckpointError(
@@ -334,6 +339,11 @@ class Tuner:
         }
         self.datasets = {"shots": shots, "eval": eval_set}  # for the CLI to report skipped files
         self.classnames = list(shots.classnames)
+        self._lock: rundir.RunLock | None = None
+        if run_dir is not None:  # before any image is encoded: a bad --out fails at once
+            run_dir = Path(run_dir)
+            rundir.check_outside(run_dir, [Path(d.root) for d in (shots, eval_set) if d is not None])
+            self._lock = rundir.claim_fresh(run_dir, has_checkpoint=_has_checkpoint(run_dir))
 
         # Image features once (from the on-disk cache when possible); the image session is not kept.
         def features(dataset):
@@ -375,6 +385,7 @@ class Tuner:
         self._stop_requested = False
         self.run_dir: Path | None = None
         self.metrics: MetricsLog | None = None
+        self._budget_exhausted(len(self.optimizers[0].ask(self.opt_states[0])))  # fits a step?
         self._evaluate()
         if run_dir is not None:
             self.attach(run_dir)
@@ -597,19 +608,9 @@ class Tuner:
         """Use `run_dir` for checkpoints, metrics and artifacts (a fresh run needs an empty one)."""
         run_dir = Path(run_dir)
         fresh = metrics_offset is None
-        if fresh and run_dir.exists():
-            entries = {entry.name for entry in run_dir.iterdir()}
-            # A run killed before its first checkpoint left only these; anything else is refused.
-            stillborn = entries <= {"metrics.jsonl", "state"} and checkpoint_dir(run_dir) is None
-            if entries and not stillborn:
-                raise CheckpointError(
-                    "the run directory is not empty",
-                    path=run_dir,
-                    hint="Continue it with --resume, or choose another --out",
-                )
-            if stillborn:
-                (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        if self._lock is None:  # marked as edge-tune's and locked (rundir), or refused untouched
+            self._lock = (rundir.claim_fresh(run_dir, has_checkpoint=_has_checkpoint(run_dir))
+                          if fresh else rundir.RunLock(run_dir))
         self.run_dir = run_dir
         self.metrics = MetricsLog(run_dir / "metrics.jsonl", offset=metrics_offset)
         if fresh:
@@ -635,6 +636,8 @@ class Tuner:
             "sources": self.sources,
             "metrics_offset": self.metrics.offset if self.metrics else 0,
         }
+        if self.metrics is not None:
+            self.metrics.sync()
         return write_checkpoint(self.run_dir, step=self.run_state.step, record=record, arrays={},
                                 optimizer_states=self.opt_states)
 
@@ -665,19 +668,29 @@ class Tuner:
                 path=run_dir,
                 hint="Pass the --out directory of an earlier `edge-tune fit`",
             )
-        checkpoint = read_checkpoint(run_dir)
+        lock = rundir.RunLock(run_dir)  # before reading: a run in use is refused, not raced
+        try:
+            checkpoint = read_checkpoint(run_dir)
+        except BaseException:
+            lock.release()
+            raise
         record = checkpoint.record
         sources = record["sources"]
         if eval_set is None and sources.get("eval"):
             eval_set = sources["eval"]
-        tuner = cls(
-            bundle if bundle is not None else sources["bundle"],
-            shots if shots is not None else sources["data"],
-            eval_set=eval_set, config=FitConfig(**record["config"]), provider=provider,
-            threads=threads, cache_dir=cache_dir, feature_progress=feature_progress,
-            _expect={**{key: record[key] for key in ("bundle_hash", "data_hash", "eval_hash")},
-                     "run_dir": run_dir},
-        )
+        try:
+            tuner = cls(
+                bundle if bundle is not None else sources["bundle"],
+                shots if shots is not None else sources["data"],
+                eval_set=eval_set, config=FitConfig(**record["config"]), provider=provider,
+                threads=threads, cache_dir=cache_dir, feature_progress=feature_progress,
+                _expect={**{key: record[key] for key in ("bundle_hash", "data_hash", "eval_hash")},
+                         "run_dir": run_dir},
+            )
+        except BaseException:
+            lock.release()
+            raise
+        tuner._lock = lock
         tuner.optimizers = [optimizer_from_config(o["name"], tuner.space.dim, o["config"])
                             for o in record["optimizers"]]
         tuner.opt_states = list(checkpoint.optimizer_states)
@@ -791,6 +804,9 @@ class Tuner:
                 f"{len(self.classnames)} classes, {rs.folds} folds; shipped {shipped.name}",
             )
             atomic_write_json(self.run_dir / "result.json", result)
+        if self._lock is not None:  # the run is complete: free it for --resume or predict
+            self._lock.release()
+            self._lock = None
         return result
 
 

@@ -14,8 +14,7 @@ import numpy as np
 
 from edge_tune.encoders import DEFAULT_MEMORY_CAP, rows_per_run
 from edge_tune.errors import DataError
-
-DEFAULT_TEMPLATE = "a photo of a {}."
+from edge_tune.prompts import DEFAULT_TEMPLATE
 
 
 def score(
@@ -161,10 +160,11 @@ def evaluate_dataset(
     from edge_tune.classifier import Classifier
     from edge_tune.encoders import text_encoder
     from edge_tune.features import image_features
-    from edge_tune.prompts import PromptSpace, load_prompt
+    from edge_tune.prompts import PromptSpace, check_template, load_prompt
     from edge_tune.select import loss_and_accuracy
 
-    # check the prompt or classifier before spending time on images
+    # check the template, prompt or classifier before spending time on images
+    check_template(template)
     if prompt is not None:
         W, spec, trained_classes = load_prompt(prompt, bundle)
         what = {"prompt": str(prompt)}

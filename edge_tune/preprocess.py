@@ -20,18 +20,14 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from edge_tune.errors import DataError
+from edge_tune.manifest import RESAMPLE_RULES
 
 #: Same limit pillow warns at; we refuse above it instead of decoding gigabytes.
 MAX_IMAGE_PIXELS = 89_478_485
 #: Longest side / shortest side above which the shortest-side resize would allocate absurd buffers.
 MAX_ASPECT_RATIO = 64.0
 
-_RESAMPLE = {
-    "bicubic": Image.Resampling.BICUBIC,
-    "bilinear": Image.Resampling.BILINEAR,
-    "nearest": Image.Resampling.NEAREST,
-    "lanczos": Image.Resampling.LANCZOS,
-}
+_RESAMPLE = {name: getattr(Image.Resampling, name.upper()) for name in RESAMPLE_RULES}
 
 ImageSource = Union[str, Path, bytes, Image.Image]
 
@@ -79,6 +75,12 @@ def open_image(
     width, height = image.size
     if width * height > MAX_IMAGE_PIXELS:
         raise _bomb_error(label, (width, height))
+    if max(width, height) > MAX_ASPECT_RATIO * max(1, min(width, height)):
+        raise DataError(
+            f"image is {width}x{height} pixels, an aspect ratio above {MAX_ASPECT_RATIO:g}:1",
+            path=label,
+            hint="Crop it to the subject before using it",
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -97,8 +99,18 @@ def open_image(
     return image
 
 
+#: Pillow's modes of 16- and 32-bit integer greyscale (a 16-bit PNG opens as one of them).
+_WIDE_GREY = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB as the CLIP processor makes it: transparency composited onto white, else `convert`."""
+    """RGB as the CLIP processor makes it: transparency composited onto white, else `convert`.
+
+    DEVIATION: 16-bit greyscale is scaled to 8 bits (v / 257, rounded) first; Pillow's `convert`
+    clips it, so a 16-bit PNG of grey 30000/65535 became pure white."""
+    if image.mode in _WIDE_GREY:
+        wide = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8), "L")
     if "A" in image.getbands() or image.info.get("transparency") is not None:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -126,12 +138,6 @@ def preprocess_image(
     shortest = int(preprocess["resize_shortest_edge"])
     crop = int(preprocess["crop_size"])
     width, height = image.size
-    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
-        raise DataError(
-            f"image is {width}x{height} pixels, an aspect ratio above {MAX_ASPECT_RATIO:g}:1",
-            path=label,
-            hint="Crop it to the subject before using it",
-        )
     resample = _RESAMPLE.get(str(preprocess.get("resample", "bicubic")).lower())
     if resample is None:
         raise DataError(
@@ -162,7 +168,7 @@ def preprocess_key(preprocess: dict) -> dict:
         "std",
         "convert_rgb",
     )
-    return {key: preprocess.get(key) for key in keys} | {"exif_transpose": True, "impl": 1}
+    return {key: preprocess.get(key) for key in keys} | {"exif_transpose": True, "impl": 2}  # 2: 16-bit grey scaled
 
 
 def _centre_crop(pixels: np.ndarray, crop: int) -> np.ndarray:

@@ -24,7 +24,10 @@ import numpy as np
 from edge_tune.errors import CheckpointError, DataError
 
 PARAMETERISATIONS = ("sharpzo", "coop")
-DEFAULT_INIT = "a photo of a"
+#: The zero-shot prompt (CLIP's), and the phrase before its class name, whose token embeddings
+#: initialise the tuned context: w = 0 is exactly zero-shot.
+DEFAULT_TEMPLATE = "a photo of a {}."
+DEFAULT_INIT = DEFAULT_TEMPLATE.split("{}")[0].strip()
 DEFAULT_DIM = 512
 
 
@@ -88,7 +91,7 @@ class PromptSpace:
         init_ids = _inner_ids(tokenizer.encode(init), sot, eot, what=f"init phrase {init!r}")
         if not init_ids:
             raise DataError(
-                f"init phrase {init!r} has no tokens", hint='Use e.g. --init "a photo of a"'
+                f"init phrase {init!r} has no tokens", hint=f'Use e.g. --init "{DEFAULT_INIT}"'
             )
         m = len(init_ids)
         suffixes = []
@@ -292,22 +295,31 @@ class PromptSpace:
         return np.repeat(last, count, axis=1)
 
 
+def check_template(template: str) -> tuple[str, str]:
+    """(text before, text after) the one `{}` of a template; any other brace is a DataError (a
+    `{kind}` field or a lone `{` is a mistake, not text to keep)."""
+    rest = template.replace("{}", "", 1)
+    if "{}" not in template or "{" in rest or "}" in rest:
+        raise DataError(
+            f"template {template!r} must contain '{{}}' exactly once and no other braces",
+            hint=f'Use e.g. --template "{DEFAULT_TEMPLATE}"',
+        )
+    before, after = template.split("{}")
+    return before, after
+
+
 def template_prompts(
-    bundle, classnames: Sequence[str], template: str = "a photo of a {}."
+    bundle, classnames: Sequence[str], template: str = DEFAULT_TEMPLATE
 ) -> tuple[np.ndarray, np.ndarray]:
     """(f32[K, L, D], i64[K]) for a hand-written template, each sentence tokenised whole."""
-    if template.count("{}") != 1:
-        raise DataError(
-            f"template {template!r} must contain '{{}}' exactly once",
-            hint='Use e.g. --template "a photo of a {}."',
-        )
+    before, after = check_template(template)
     table = bundle.token_embedding()
     tokenizer = bundle.tokenizer()
     eot = int(bundle.eot_id)
     pad = int(bundle.manifest.get("tokens", {}).get("pad_id", eot))
     sequences = []
     for name in classnames:
-        ids = list(tokenizer.encode(template.format(name)))
+        ids = list(tokenizer.encode(before + name + after))
         if len(ids) > int(bundle.context_length):
             raise DataError(
                 f"the prompt for class {name!r} is {len(ids)} tokens, more than the model's "

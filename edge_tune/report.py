@@ -29,9 +29,18 @@ class MetricsLog:
     def __init__(self, path: str | Path, *, offset: int | None = None):
         self.path = Path(path)
         if offset is not None:  # resuming: forget lines written after the checkpoint
-            with open(self.path, "ab") as handle:
+            with open(self.path, "ab+") as handle:
+                size = handle.seek(0, os.SEEK_END)
+                if size < offset:  # shorter than recorded (a lost write): keep whole lines only
+                    handle.seek(0)
+                    offset = handle.read().rfind(b"\n") + 1
                 handle.truncate(offset)
         self.path.touch(exist_ok=True)
+
+    def sync(self) -> None:
+        """fsync the log (with each checkpoint, so its recorded length is on disk too)."""
+        with open(self.path, "rb+") as handle:
+            os.fsync(handle.fileno())
 
     @property
     def offset(self) -> int:
@@ -302,3 +311,16 @@ def format_summary(result: dict, run_dir: str | Path | None = None) -> str:
         )
         lines.append(f"predict with: edge-tune predict {run_dir} IMAGE...")
     return "\n".join(lines)
+
+
+def budget_line(queries: int | None, seconds: float | None, *, default_queries: int) -> str:
+    """The line `fit` starts with: what will stop the tuning."""
+    if queries is not None and seconds is not None:
+        return (f"budget: {queries} queries or {format_seconds(seconds)} of tuning, whichever "
+                "comes first")
+    if seconds is not None:
+        return (f"budget: {format_seconds(seconds)} of tuning and no query cap (--budget-time "
+                f"alone lifts the default {default_queries} queries)")
+    if queries is not None:
+        return f"budget: {queries} queries"
+    return "budget: none (until stopped)"

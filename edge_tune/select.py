@@ -11,7 +11,7 @@ never enters here.
 
 DEVIATION(accuracy as the criterion): shipping the best out-of-fold accuracy gave worse classifiers
 than the lowest calibrated cross-entropy at 4-16 shots: on 9 mini-world tasks x 3 seeds (the same
-runs, `python -m edge_tune.bench_accuracy`, docs/accuracy.md) test accuracy 74.3 vs 74.5 % at 16
+runs, `edge-tune bench accuracy`, docs/accuracy.md) test accuracy 74.3 vs 74.5 % at 16
 shots, 72.7 vs 72.8 at 8, 69.7 vs 70.7 at 4 (the loss lost 0.2-0.5 at 1-2 shots: 61.4 vs 60.9,
 67.6 vs 67.4). 160 held-out images give accuracies in steps of 0.6 points, so many candidates tie or
 differ by noise, while the loss also weighs how confidently each image is classified.

@@ -123,7 +123,7 @@ def test_full_disk_keeps_previous_checkpoint(tmp_path):
     assert str(err.value) == (
         f"{tmp_path / STATE_DIR}: cannot write a checkpoint (File too large); "
         f"the previous checkpoint {good.name} is kept. "
-        "Free disk space, then continue with --resume"
+        f"Free disk space, then continue with --resume {tmp_path}"
     )
     assert checkpoint_dir(tmp_path) == good
     assert read_checkpoint(tmp_path).record["step"] == 3

@@ -26,8 +26,6 @@ CLASSES = ["cat", "space rocket", "street scene"]
 
 @pytest.fixture(scope="module")
 def bundle(tiny_bundle):
-    if hasattr(tiny_bundle, "bundle_hash"):
-        return tiny_bundle
     from edge_tune.bundle import open_bundle
 
     return open_bundle(tiny_bundle)

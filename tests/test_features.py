@@ -18,8 +18,6 @@ PHOTOS = Path(skimage_data.__file__).parent
 
 @pytest.fixture(scope="module")
 def bundle(tiny_bundle):
-    if hasattr(tiny_bundle, "bundle_hash"):
-        return tiny_bundle
     from edge_tune.bundle import open_bundle
 
     return open_bundle(tiny_bundle)

@@ -157,7 +157,7 @@ def test_fit_json_prints_result_and_summary_reads_well(tiny_bundle, colour_task,
         out,
     ), out
     assert f"predict with: edge-tune predict {tmp_path / 'run2'} IMAGE..." in out
-    assert err == ""  # no progress line when stderr is not a terminal
+    assert err == "budget: 200 queries\n"  # and no progress line when stderr is not a terminal
 
 
 def test_bad_data_and_budgets_are_one_line_errors(tiny_bundle, colour_task, tmp_path, capsys):
@@ -189,7 +189,8 @@ def test_bad_data_and_budgets_are_one_line_errors(tiny_bundle, colour_task, tmp_
         base[:-1] + [tmp_path / "r2", "--data", shots, "--budget-time", "0.000001s"], capsys
     )
     assert code == 1 and re.fullmatch(
-        r"Error: the time budget \(1e-06s\) is shorter than one step "
+        r"budget: 0\.0s of tuning and no query cap \(--budget-time alone lifts the default 2000 "
+        r"queries\)\nError: the time budget \(1e-06s\) is shorter than one step "
         r"\(\d+\.\ds here\)\. Give --budget-time of at least \d+s\n",
         err,
     ), err
@@ -201,8 +202,8 @@ def test_bad_data_and_budgets_are_one_line_errors(tiny_bundle, colour_task, tmp_
     )
     assert (code, err) == (
         1,
-        f"Error: {tmp_path / 'full'}: the run directory is not empty. "
-        "Continue it with --resume, or choose another --out\n",
+        f"Error: {tmp_path / 'full'}: the folder is not empty and is not an edge-tune run; "
+        "nothing in it was changed. Choose another --out (a folder that does not exist yet)\n",
     )
 
 
@@ -303,8 +304,8 @@ def test_library_snippet_runs(tiny_bundle, colour_task, tmp_path, monkeypatch):
     text = (Path(__file__).resolve().parent.parent / "docs" / "library.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
     assert blocks
-    (tmp_path / "models" / "miniworld").mkdir(parents=True)
-    (tmp_path / "models" / "miniworld" / "bundle").symlink_to(Path(tiny_bundle).resolve())
+    (tmp_path / "bundles").mkdir()
+    (tmp_path / "bundles" / "b16").symlink_to(Path(tiny_bundle).resolve())
     (tmp_path / "shots").symlink_to(shots)
     (tmp_path / "photos").mkdir()
     for i, file in enumerate(sorted(shots.rglob("*.png"))[::4]):
@@ -428,8 +429,40 @@ def test_one_photo_per_class_fits_and_says_what_the_folds_cannot_see(
     assert err == (
         "4 class(es) with one photo ('blue', 'green', 'red', ...): cross-validation cannot see "
         "what a head or a tuned prompt gains for them, so fit leans to zero-shot; add a second "
-        "photo\n")
+        "photo\nbudget: 80 queries\n")
     result = json.loads(out)
     assert result["data"]["folds"] == 4 and result["data"]["train_images"] == 4
     rows = {row["name"]: row for row in result["candidates"]}
     assert rows[result["shipped"]]["cv_loss"] <= rows["zero-shot"]["cv_loss"]
+
+
+def test_fit_and_eval_read_a_dassl_split(tiny_bundle, tmp_path, run_cli):
+    """`--split split_zhou_X.json --data IMAGE_ROOT`: shots drawn from its train part as Dassl does,
+    the report (and `eval --split`) on its test part."""
+    from edge_tune.data import load_dassl_split
+
+    images = make_colour_shots(tmp_path / "images", per_class=10, seed=2)
+    rows = {"train": [], "val": [], "test": []}
+    for label, folder in enumerate(sorted(p.name for p in images.iterdir())):
+        files = sorted((images / folder).glob("*.png"))
+        for part, chosen in (("train", files[:6]), ("val", files[6:8]), ("test", files[8:])):
+            rows[part] += [[f"{folder}/{f.name}", label, folder] for f in chosen]
+    split = tmp_path / "split_zhou_Colours.json"
+    split.write_text(json.dumps(rows))
+    env = {"EDGE_TUNE_CACHE": str(tmp_path / "cache")}
+    done = run_cli("fit", "--data", images, "--split", split, "--shots", 4, "--bundle", tiny_bundle,
+                   "--budget-queries", 40, "--folds", 2, "--head", "ncm", "--threads", 1,
+                   "--out", tmp_path / "run", "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    train, _, test = load_dassl_split(split, images, shots=4, seed=1)
+    assert result["data"]["train_images"] == len(train.samples) == 4 * len(train.classnames)
+    assert result["data"]["eval_images"] == len(test.samples) == 2 * len(test.classnames)
+    assert result["accuracy_on"] == "eval set"
+    shipped = next(row for row in result["candidates"] if row["name"] == result["shipped"])
+    scored = run_cli("eval", "--bundle", tiny_bundle, "--data", images, "--split", split, "--run",
+                     tmp_path / "run", "--threads", 1, "--json", env=env)
+    assert scored.returncode == 0, scored.stderr
+    assert json.loads(scored.stdout)["accuracy"] == pytest.approx(shipped["eval_accuracy"])
+    refused = run_cli("fit", "--split", split, "--bundle", tiny_bundle, env=env)
+    assert refused.returncode == 2 and "--split needs --data IMAGE_ROOT" in refused.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 
@@ -80,6 +81,22 @@ def test_ask_is_pure_and_states_are_frozen(name, preset):
     frozen = [v for v in state if isinstance(v, np.ndarray)]
     with pytest.raises(ValueError):
         frozen[0][...] = 1.0
+
+
+@pytest.mark.parametrize("name,preset", STRATEGIES)
+def test_tell_is_pure_and_leaves_its_inputs_unchanged(name, preset):
+    opt = build(name, preset)
+    state, _, _ = run(opt, opt.init(np.zeros(D)), 3)  # past the first generation
+    before = copy.deepcopy(state)
+    rows = opt.ask(state)
+    losses = valley_objective(rows)
+    kept = losses.copy()
+    after, _ = opt.tell(state, losses)
+    again, _ = opt.tell(state, losses)
+    assert_states_identical(state, before)  # the input state is untouched
+    np.testing.assert_array_equal(losses, kept)  # and so are the losses
+    assert_states_identical(after, again)  # same inputs, same new state
+    assert after.step == state.step + 1
 
 
 @pytest.mark.parametrize("name,preset", STRATEGIES)

@@ -70,7 +70,7 @@ def test_predict_prints_class_probability_and_skips_non_images(run_and_eval, tmp
     skipped = err.splitlines()
     assert len(skipped) == 2
     assert skipped[0].startswith(f"skipped {folder / 'broken.png'}: ")
-    assert skipped[1].startswith(f"skipped {folder / 'notes.txt'}: not a readable image")
+    assert skipped[1] == f"skipped {folder / 'notes.txt'}: not an image (extension '.txt')"
 
 
 def test_predict_refuses_another_bundle_and_empty_input(

@@ -13,8 +13,6 @@ CLASSES = ["dog", "tabby cat", "crème brûlée", "sea lion (wild), Pacific!"]
 
 @pytest.fixture(scope="module")
 def bundle(tiny_bundle):
-    if hasattr(tiny_bundle, "bundle_hash"):
-        return tiny_bundle
     from edge_tune.bundle import open_bundle
 
     return open_bundle(tiny_bundle)

@@ -13,12 +13,28 @@ import dataclasses
 from typing import Any
 
 from edge_tune.optim.base import Optimizer, OptimizerError, check_dim
-from edge_tune.optim.cma import CMAConfig, cma_es
-from edge_tune.optim.sharpzo import SharpZOConfig, sharpzo
-from edge_tune.optim.spsa import SPSAConfig, spsa_clip
-from edge_tune.optim.zo import ZOConfig, zo_sgd
+from edge_tune.optim.cma import CMAConfig, CMAState, cma_es
+from edge_tune.optim.sharpzo import SharpZOConfig, SharpZOState, sharpzo
+from edge_tune.optim.spsa import SPSAConfig, SPSAState, spsa_clip
+from edge_tune.optim.zo import ZOConfig, ZOState, zo_sgd
 
-OPTIMIZERS = ("sharpzo", "cma", "zo", "spsa-clip")
+
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+    config: type  # the frozen config record
+    build: Any  # (config, dim) -> Optimizer
+    state: type  # the state record `tell` returns
+
+
+#: The one registry of optimisers: the CLI's choices, presets, state I/O and the benchmarks derive
+#: their names from it (the first is the default).
+STRATEGIES: dict[str, Strategy] = {
+    "sharpzo": Strategy(SharpZOConfig, sharpzo, SharpZOState),
+    "cma": Strategy(CMAConfig, cma_es, CMAState),
+    "zo": Strategy(ZOConfig, zo_sgd, ZOState),
+    "spsa-clip": Strategy(SPSAConfig, spsa_clip, SPSAState),
+}
+OPTIMIZERS = tuple(STRATEGIES)
 PRESETS = ("edge", "paper")
 
 # SharpZO Table 8, per dataset: (σ, µ_cge stage 1, change point T_c, η).
@@ -85,14 +101,10 @@ PRESET_VALUES: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
-_CONFIGS = {"sharpzo": SharpZOConfig, "cma": CMAConfig, "zo": ZOConfig, "spsa-clip": SPSAConfig}
-_BUILDERS = {"sharpzo": sharpzo, "cma": cma_es, "zo": zo_sgd, "spsa-clip": spsa_clip}
-
-
 def preset_config(name: str, *, preset: str = "edge", seed: int = 0,
                   dataset: str | None = None, **overrides: Any) -> object:
     """The config record of `name` under `preset`, with `overrides` applied (validated by field)."""
-    if name not in _CONFIGS:
+    if name not in STRATEGIES:
         raise OptimizerError(f"unknown optimizer {name!r}",
                              hint=f"Choose one of {', '.join(OPTIMIZERS)}")
     if preset not in PRESETS:
@@ -112,14 +124,14 @@ def preset_config(name: str, *, preset: str = "edge", seed: int = 0,
                                        change_point=change_point, learning_rate=eta),
                        "cma": dict(step_size=sigma), "zo": dict(learning_rate=eta)}[name]
         values.update(per_dataset)
-    fields = {f.name for f in dataclasses.fields(_CONFIGS[name])}
+    fields = {f.name for f in dataclasses.fields(STRATEGIES[name].config)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise OptimizerError(f"unknown {name} setting(s) {', '.join(unknown)}",
                              hint=f"Valid settings: {', '.join(sorted(fields))}")
     values.update(overrides)
     values["seed"] = int(seed)
-    return _CONFIGS[name](**values)
+    return STRATEGIES[name].config(**values)
 
 
 def make_optimizer(name: str, dim: int, *, preset: str = "edge", seed: int = 0,
@@ -127,16 +139,16 @@ def make_optimizer(name: str, dim: int, *, preset: str = "edge", seed: int = 0,
     """Build optimiser `name` for a `dim`-dimensional prompt vector from a preset plus overrides."""
     check_dim(dim)
     config = preset_config(name, preset=preset, seed=seed, dataset=dataset, **overrides)
-    return _BUILDERS[name](config, int(dim))
+    return STRATEGIES[name].build(config, int(dim))
 
 
 def optimizer_from_config(name: str, dim: int, config: dict) -> Optimizer:
     """Rebuild an optimiser from `dataclasses.asdict(opt.config)` (as a run directory stores it)."""
-    if name not in _CONFIGS:
+    if name not in STRATEGIES:
         raise OptimizerError(f"unknown optimizer {name!r}",
                              hint=f"Choose one of {', '.join(OPTIMIZERS)}")
-    fields = {f.name for f in dataclasses.fields(_CONFIGS[name])}
+    fields = {f.name for f in dataclasses.fields(STRATEGIES[name].config)}
     if set(config) != fields:
         raise OptimizerError(f"{name} config fields do not match this version",
                              hint="The run was made by another edge-tune version; start a new run")
-    return _BUILDERS[name](_CONFIGS[name](**config), int(dim))
+    return STRATEGIES[name].build(STRATEGIES[name].config(**config), int(dim))

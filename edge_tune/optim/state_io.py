@@ -19,16 +19,12 @@ import numpy as np
 from edge_tune.atomic import atomic_save_npz
 from edge_tune.errors import CheckpointError
 from edge_tune.optim.base import State, freeze
-from edge_tune.optim.cma import CMAState
-from edge_tune.optim.sharpzo import SharpZOState
-from edge_tune.optim.spsa import SPSAState
-from edge_tune.optim.zo import ZOState
+from edge_tune.optim.presets import STRATEGIES
 
 STATE_FORMAT = "edge-tune-optimizer-state"
 STATE_VERSION = 1
-RECORDS = {cls.__name__: cls for cls in (CMAState, ZOState, SPSAState, SharpZOState)}
-STRATEGY_OF = {"CMAState": "cma", "ZOState": "zo", "SPSAState": "spsa-clip",
-               "SharpZOState": "sharpzo"}
+RECORDS = {strategy.state.__name__: strategy.state for strategy in STRATEGIES.values()}
+STRATEGY_OF = {strategy.state.__name__: name for name, strategy in STRATEGIES.items()}
 _META = "__meta__"
 
 

@@ -3,8 +3,9 @@
 For every task folder (`TASK/shots`, `TASK/eval`, as written by `tasks.py`) this measures, with the
 model's own learned logit scale and image features cached once per task:
 - zero-shot accuracy with "a photo of a {class}." (the starting point of every tuner);
-- Adam on w through SharpZO's parameterisation, ctx = ctx0 + reshape(A·w), A seeded Gaussian
-  [m·D, d] scaled to the token-embedding scale (the optimum ZO methods search for);
+- Adam on w through SharpZO's parameterisation, ctx = ctx0 + reshape(A·w), with the A the runtime
+  draws (`edge_tune.prompts.seeded_normal`, same seed, the token table's std): the optimum the ZO
+  methods search for, in the same space;
 - Adam directly on the m context-token embeddings (CoOp; the better ceiling).
 A task is useful for comparing optimisers only if the ceiling is well above zero-shot.
 
@@ -25,9 +26,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from edge_tune.errors import DataError
+from edge_tune.prompts import DEFAULT_INIT, seeded_normal, table_std
 from edge_tune_export.miniworld.pretrain import image_features, to_pixels, tokenize_all
 
-CTX_INIT = "a photo of a"
+CTX_INIT = DEFAULT_INIT
 N_CTX = 4
 
 
@@ -99,10 +101,12 @@ def accuracy(img: torch.Tensor, txt: torch.Tensor, labels: torch.Tensor) -> floa
 
 
 def projection(ctx0: torch.Tensor, table: torch.Tensor, dim: int, seed: int) -> tuple[torch.Tensor, float]:
-    """A ~ N(0, s²) [m·D, d] with s = the token-embedding table's std, as the runtime's PromptSpace does
-    (lesson 3 of issue 6: A on the embedding scale, not the paper's 0.2)."""
-    std = float(table.double().std())
-    a = np.random.default_rng(seed).standard_normal((ctx0.numel(), dim)) * std
+    """A [m·D, d], drawn exactly as the runtime's `PromptSpace.build` draws it: `seeded_normal(seed)`
+    scaled by the token table's std (lesson 3 of issue 6: A on the embedding scale, not the paper's
+    0.2). The table here is the checkpoint's fp32 one; a bundle stored with `--token-table fp16`
+    has a std that differs in the 4th significant digit."""
+    std = table_std(table.detach().double().numpy())
+    a = seeded_normal(seed, (ctx0.numel(), dim)) * std
     return torch.from_numpy(a).float(), std
 
 
