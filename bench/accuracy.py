@@ -35,8 +35,17 @@ from edge_tune.errors import DataError
 from edge_tune_bench.grid import DEFAULT_TASKS_DIR, DEMO_TASK, METHODS
 
 #: The candidates that need no query: what a practitioner fits in milliseconds.
-CHEAP = ("zero-shot", "ncm", "gda", "probe", "tip", "zero-shot + ncm", "zero-shot + gda",
-         "zero-shot + probe", "zero-shot + tip")
+CHEAP = (
+    "zero-shot",
+    "ncm",
+    "gda",
+    "probe",
+    "tip",
+    "zero-shot + ncm",
+    "zero-shot + gda",
+    "zero-shot + probe",
+    "zero-shot + tip",
+)
 
 
 @dataclass(frozen=True)
@@ -104,22 +113,46 @@ def run_one(spec: RunSpec) -> dict:
     shots = subsample(every, spec.shots, seed=1000 + spec.seed)
     test = subsample(load_eval(Path(spec.task_dir) / "eval", every), spec.eval_per_class)
     optimizer, preset, tune_for = METHODS[spec.method]
-    config = FitConfig(optimizer=optimizer, preset=preset, tune_for=tune_for, seed=spec.seed,
-                       budget_queries=spec.budget, checkpoint_every=1e9)
+    config = FitConfig(
+        optimizer=optimizer,
+        preset=preset,
+        tune_for=tune_for,
+        seed=spec.seed,
+        budget_queries=spec.budget,
+        checkpoint_every=1e9,
+    )
     with limit_blas_threads(1):  # the heads' fits too, not only the loop (Tuner.run)
-        tuner = Tuner(bundle, shots, eval_set=test, config=config, provider=spec.provider,
-                      threads=spec.threads, cache_dir=spec.cache_dir)
+        tuner = Tuner(
+            bundle,
+            shots,
+            eval_set=test,
+            config=config,
+            provider=spec.provider,
+            threads=spec.threads,
+            cache_dir=spec.cache_dir,
+        )
         tuner.run()
         result = tuner.finish()
     return {
-        "task": spec.task, "shots": spec.shots, "method": spec.method, "seed": spec.seed,
-        "budget": spec.budget, "queries": result["queries"], "shipped": result["shipped"],
-        "candidates": {c["name"]: {"cv": c["cv_accuracy"], "cv_loss": c["cv_loss"],
-                                   "test": c["eval_accuracy"], "mix": c["mix"]}
-                       for c in result["candidates"]},
-        "curve": [{"queries": m["queries"], "accuracy": m["eval_accuracy"]}
-                  for m in tuner.history],
-        "train_images": result["data"]["train_images"], "test_images": len(test.samples),
+        "task": spec.task,
+        "shots": spec.shots,
+        "method": spec.method,
+        "seed": spec.seed,
+        "budget": spec.budget,
+        "queries": result["queries"],
+        "shipped": result["shipped"],
+        "candidates": {
+            c["name"]: {
+                "cv": c["cv_accuracy"],
+                "cv_loss": c["cv_loss"],
+                "test": c["eval_accuracy"],
+                "mix": c["mix"],
+            }
+            for c in result["candidates"]
+        },
+        "curve": [{"queries": m["queries"], "accuracy": m["eval_accuracy"]} for m in tuner.history],
+        "train_images": result["data"]["train_images"],
+        "test_images": len(test.samples),
         "tuning_seconds": result["seconds"],
         "wall_seconds": round(time.perf_counter() - started, 2),
     }
@@ -163,79 +196,142 @@ def summarise(report: dict) -> dict:
 
                 row = {n: mean([r["candidates"][n]["test"] for r in mine]) for n in names}
                 row["shipped"] = mean([r["candidates"][r["shipped"]]["test"] for r in mine])
-                row["cheap by cv"] = mean([  # fit's own rule (edge_tune.select), cheap ones only
-                    r["candidates"][min(CHEAP, key=lambda n, r=r: r["candidates"][n]["cv_loss"])][
-                        "test"] for r in mine])
-                row["pick by cv accuracy"] = mean([  # the rule fit does not use, for comparison
-                    r["candidates"][max(r["candidates"], key=lambda n, r=r: (
-                        r["candidates"][n]["cv"], -r["candidates"][n]["cv_loss"]))]["test"]
-                    for r in mine])
+                row["cheap by cv"] = mean(
+                    [  # fit's own rule (edge_tune.select), cheap ones only
+                        r["candidates"][
+                            min(CHEAP, key=lambda n, r=r: r["candidates"][n]["cv_loss"])
+                        ]["test"]
+                        for r in mine
+                    ]
+                )
+                row["pick by cv accuracy"] = mean(
+                    [  # the rule fit does not use, for comparison
+                        r["candidates"][
+                            max(
+                                r["candidates"],
+                                key=lambda n, r=r: (
+                                    r["candidates"][n]["cv"],
+                                    -r["candidates"][n]["cv_loss"],
+                                ),
+                            )
+                        ]["test"]
+                        for r in mine
+                    ]
+                )
                 best = max(CHEAP, key=lambda n: row[n])
                 row["best cheap"], row["best cheap name"] = row[best], best
-                row["spread"] = (statistics.stdev([100 * r["candidates"][r["shipped"]]["test"]
-                                                   for r in mine]) if len(mine) > 1 else 0.0)
+                row["spread"] = (
+                    statistics.stdev([100 * r["candidates"][r["shipped"]]["test"] for r in mine])
+                    if len(mine) > 1
+                    else 0.0
+                )
                 row["q90"] = [queries_to_gain(r["curve"]) for r in mine]
                 row["area"] = 100 * statistics.fmean(curve_area(r["curve"]) for r in mine)
                 row["shipped names"] = [r["shipped"] for r in mine]
                 row["seeds"] = len(mine)
                 per_task[task] = row
-            numeric = [k for k in per_task[tasks[0]]
-                       if isinstance(per_task[tasks[0]][k], float)]
+            numeric = [k for k in per_task[tasks[0]] if isinstance(per_task[tasks[0]][k], float)]
             means = {k: statistics.fmean(per_task[t][k] for t in tasks) for k in numeric}
             margins = {t: per_task[t]["shipped"] - per_task[t]["best cheap"] for t in tasks}
             zs_margins = {t: per_task[t]["shipped"] - per_task[t]["zero-shot"] for t in tasks}
-            out[(shots, method)] = {"tasks": per_task, "mean": means,
-                                    "worst_margin_to_best_cheap": min(margins.items(),
-                                                                      key=lambda kv: kv[1]),
-                                    "worst_margin_to_zero_shot": min(zs_margins.items(),
-                                                                     key=lambda kv: kv[1])}
+            out[(shots, method)] = {
+                "tasks": per_task,
+                "mean": means,
+                "worst_margin_to_best_cheap": min(margins.items(), key=lambda kv: kv[1]),
+                "worst_margin_to_zero_shot": min(zs_margins.items(), key=lambda kv: kv[1]),
+            }
     return out
 
 
-COLUMNS = ("zero-shot", "ncm", "gda", "probe", "tip", "zero-shot + probe", "cheap by cv",
-           "best cheap", "prompt", "prompt + gda", "prompt + probe", "pick by cv accuracy",
-           "shipped")
+COLUMNS = (
+    "zero-shot",
+    "ncm",
+    "gda",
+    "probe",
+    "tip",
+    "zero-shot + probe",
+    "cheap by cv",
+    "best cheap",
+    "prompt",
+    "prompt + gda",
+    "prompt + probe",
+    "pick by cv accuracy",
+    "shipped",
+)
 
 
 def markdown(report: dict) -> str:
     """The tables as Markdown: per shots count and method, one row per task and the mean."""
     s = report["settings"]
-    lines = [(f"Test accuracy (%), mean over seeds {s['seeds']}, {s['budget']} queries per fit, "
-              f"{s['eval_per_class']} test images per class. `cheap by cv`: the query-free "
-              "candidate fit's rule picks on the folds; `best cheap`: the query-free candidate "
-              "best on the test images per task (an oracle, favourable to the baselines); `pick "
-              "by cv accuracy`: what shipping the best cross-validated accuracy would give; "
-              "`shipped`: what `fit` ships (lowest cross-validated loss)."), ""]
+    lines = [
+        (
+            f"Test accuracy (%), mean over seeds {s['seeds']}, {s['budget']} queries per fit, "
+            f"{s['eval_per_class']} test images per class. `cheap by cv`: the query-free "
+            "candidate fit's rule picks on the folds; `best cheap`: the query-free candidate "
+            "best on the test images per task (an oracle, favourable to the baselines); `pick "
+            "by cv accuracy`: what shipping the best cross-validated accuracy would give; "
+            "`shipped`: what `fit` ships (lowest cross-validated loss)."
+        ),
+        "",
+    ]
     for (shots, method), entry in summarise(report).items():
-        lines += [f"### {shots} shot(s) per class, {method}", "",
-                  "| task | " + " | ".join(COLUMNS) + " | shipped − best cheap | q90 (per seed) "
-                  "| shipped (per seed) |", "|---|" + "---|" * (len(COLUMNS) + 3)]
+        lines += [
+            f"### {shots} shot(s) per class, {method}",
+            "",
+            "| task | " + " | ".join(COLUMNS) + " | shipped − best cheap | q90 (per seed) "
+            "| shipped (per seed) |",
+            "|---|" + "---|" * (len(COLUMNS) + 3),
+        ]
         for task, row in entry["tasks"].items():
             cells = [f"{row[c]:.1f}" if c in row else "–" for c in COLUMNS]
             cells[-1] = f"{row['shipped']:.1f} ± {row['spread']:.1f}"
             q90 = ", ".join("–" if q is None else str(q) for q in row["q90"])
-            lines.append(f"| {task} | " + " | ".join(cells)
-                         + f" | {row['shipped'] - row['best cheap']:+.1f} | {q90} | "
-                         + ", ".join(row["shipped names"]) + " |")
+            lines.append(
+                f"| {task} | "
+                + " | ".join(cells)
+                + f" | {row['shipped'] - row['best cheap']:+.1f} | {q90} | "
+                + ", ".join(row["shipped names"])
+                + " |"
+            )
         mean = entry["mean"]
         cells = [f"{mean[c]:.1f}" if c in mean else "–" for c in COLUMNS]
-        lines.append("| **mean** | " + " | ".join(f"**{c}**" for c in cells)
-                     + f" | **{mean['shipped'] - mean['best cheap']:+.1f}** | | |")
+        lines.append(
+            "| **mean** | "
+            + " | ".join(f"**{c}**" for c in cells)
+            + f" | **{mean['shipped'] - mean['best cheap']:+.1f}** | | |"
+        )
         worst, zs = entry["worst_margin_to_best_cheap"], entry["worst_margin_to_zero_shot"]
-        lines += ["", (f"Worst task vs best cheap head: {worst[0]} {worst[1]:+.1f}; vs zero-shot: "
-                       f"{zs[0]} {zs[1]:+.1f}. Area under the prompt's test-accuracy curve (mean "
-                       f"accuracy over the queries): {mean['area']:.1f}."), ""]
+        lines += [
+            "",
+            (
+                f"Worst task vs best cheap head: {worst[0]} {worst[1]:+.1f}; vs zero-shot: "
+                f"{zs[0]} {zs[1]:+.1f}. Area under the prompt's test-accuracy curve (mean "
+                f"accuracy over the queries): {mean['area']:.1f}."
+            ),
+            "",
+        ]
     return "\n".join(lines)
 
 
 # --- the command ---------------------------------------------------------------------------------
 
 
-def bench_accuracy(*, tasks: list[str], methods: list[str], shots: list[int], seeds: list[int],
-                   budget: int, eval_per_class: int, jobs: int = 1,
-                   tasks_dir: Path = DEFAULT_TASKS_DIR, bundle: str | Path | None = None,
-                   cache_dir: Path | None = None, provider: str = "auto", threads: int = 1,
-                   log=None) -> dict:
+def bench_accuracy(
+    *,
+    tasks: list[str],
+    methods: list[str],
+    shots: list[int],
+    seeds: list[int],
+    budget: int,
+    eval_per_class: int,
+    jobs: int = 1,
+    tasks_dir: Path = DEFAULT_TASKS_DIR,
+    bundle: str | Path | None = None,
+    cache_dir: Path | None = None,
+    provider: str = "auto",
+    threads: int = 1,
+    log=None,
+) -> dict:
     """The report of the grid tasks x shots x methods x seeds: {"settings", "runs": one record per
     run (`run_one`), "wall_seconds"}. `bundle` None: $EDGE_TUNE_BUNDLE, else the shipped one."""
     from edge_tune.bundle import open_bundle
@@ -246,22 +342,43 @@ def bench_accuracy(*, tasks: list[str], methods: list[str], shots: list[int], se
     bundle = resolve_bundle(bundle)
     cache = str(cache_dir or default_cache_dir())
     dirs = {t: resolve_task(t, tasks_dir) for t in tasks}
-    specs = [RunSpec(t, str(dirs[t]), n, m, s, budget, eval_per_class, str(bundle), cache,
-                     provider, threads)
-             for t in tasks for n in shots for m in methods for s in seeds]
-    report = {"settings": {"tasks": tasks, "methods": methods, "shots": shots, "seeds": seeds,
-                           "budget": budget, "eval_per_class": eval_per_class,
-                           "bundle": str(bundle), "provider": provider, "ort_threads": threads,
-                           "jobs": jobs},
-              "runs": []}
+    specs = [
+        RunSpec(
+            t, str(dirs[t]), n, m, s, budget, eval_per_class, str(bundle), cache, provider, threads
+        )
+        for t in tasks
+        for n in shots
+        for m in methods
+        for s in seeds
+    ]
+    report = {
+        "settings": {
+            "tasks": tasks,
+            "methods": methods,
+            "shots": shots,
+            "seeds": seeds,
+            "budget": budget,
+            "eval_per_class": eval_per_class,
+            "bundle": str(bundle),
+            "provider": provider,
+            "ort_threads": threads,
+            "jobs": jobs,
+        },
+        "runs": [],
+    }
     started = time.perf_counter()
     opened = open_bundle(bundle)  # image features once per task here: the runs only read the cache
     with limit_blas_threads(1):
         for t in tasks:
             every = load_shots(dirs[t] / "shots")
             image_features(opened, every, cache_dir=cache, provider=provider, threads=threads)
-            image_features(opened, subsample(load_eval(dirs[t] / "eval", every), eval_per_class),
-                           cache_dir=cache, provider=provider, threads=threads)
+            image_features(
+                opened,
+                subsample(load_eval(dirs[t] / "eval", every), eval_per_class),
+                cache_dir=cache,
+                provider=provider,
+                threads=threads,
+            )
     if jobs > 1:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             for result in pool.map(run_one, specs):
@@ -283,9 +400,11 @@ def merge_reports(reports: list[dict]) -> dict:
 def _log(log, r: dict) -> None:
     if log is not None:
         shipped = r["candidates"][r["shipped"]]["test"]
-        log(f"{r['task']:<20} {r['shots']:>2} shots {r['method']:<20} seed {r['seed']}: shipped "
+        log(
+            f"{r['task']:<20} {r['shots']:>2} shots {r['method']:<20} seed {r['seed']}: shipped "
             f"{r['shipped']} {100 * shipped:.1f} (zero-shot "
-            f"{100 * r['candidates']['zero-shot']['test']:.1f}; {r['wall_seconds']:.0f} s)")
+            f"{100 * r['candidates']['zero-shot']['test']:.1f}; {r['wall_seconds']:.0f} s)"
+        )
 
 
 if __name__ == "__main__":  # `python -m edge_tune_bench.accuracy` is `edge-tune bench accuracy`

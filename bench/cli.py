@@ -21,8 +21,10 @@ BUNDLE_HELP = "Bundle directory [$EDGE_TUNE_BUNDLE, else the shipped mini-world 
 def missing_bench_extra(err: ImportError) -> EdgeTuneError:
     """The one-line error for a benchmark whose [bench] extra is not installed."""
     name = (err.name or "").split(".")[0]
-    return EdgeTuneError(f"the benchmarks need a package that is not installed ({name})",
-                         hint="Install the extra: pip install 'edge-tune[bench]'")
+    return EdgeTuneError(
+        f"the benchmarks need a package that is not installed ({name})",
+        hint="Install the extra: pip install 'edge-tune[bench]'",
+    )
 
 
 @click.group()
@@ -34,16 +36,27 @@ def bench() -> None:
 @bench.command("speed")
 @click.option("--bundle", type=click.Path(path_type=Path), help=BUNDLE_HELP)
 @click.option("--classes", type=click.IntRange(2), default=10, show_default=True, help="K classes.")
-@click.option("--population", type=click.IntRange(1), default=40, show_default=True,
-              help="N candidates per objective call.")
+@click.option(
+    "--population",
+    type=click.IntRange(1),
+    default=40,
+    show_default=True,
+    help="N candidates per objective call.",
+)
 @click.option("--provider", default="auto", show_default=True, help="Execution provider.")
 @click.option("--threads", type=click.IntRange(1), help="Threads for ORT, numpy and torch alike.")
-@click.option("--repeats", type=click.IntRange(1), default=5, show_default=True,
-              help="Timed repetitions (the median is reported).")
+@click.option(
+    "--repeats",
+    type=click.IntRange(1),
+    default=5,
+    show_default=True,
+    help="Timed repetitions (the median is reported).",
+)
 @click.option("--no-reference", is_flag=True, help="Skip the PyTorch-eager reference.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def speed_command(bundle, classes, population, provider, threads, repeats, no_reference,
-                  as_json) -> None:
+def speed_command(
+    bundle, classes, population, provider, threads, repeats, no_reference, as_json
+) -> None:
     """Queries/s of the objective vs PyTorch eager, ONNX untruncated and a GEMM probe, and the
     Python overhead of a fit step (fit's text graph and optimiser).
 
@@ -60,25 +73,42 @@ def speed_command(bundle, classes, population, provider, threads, repeats, no_re
     from edge_tune_bench.speed import bench_speed
     from edge_tune_bench.tables import speed_table
 
-    report = bench_speed(resolve_bundle(bundle), classes=classes, population=population,
-                         provider=provider, threads=threads, repeats=repeats,
-                         reference=not no_reference)
+    report = bench_speed(
+        resolve_bundle(bundle),
+        classes=classes,
+        population=population,
+        provider=provider,
+        threads=threads,
+        repeats=repeats,
+        reference=not no_reference,
+    )
     click.echo(json.dumps(report, indent=2) if as_json else speed_table(report))
 
 
 @bench.command("memory")
 @click.option("--bundle", type=click.Path(path_type=Path), help=BUNDLE_HELP)
 @click.option("--classes", type=click.IntRange(2), default=10, show_default=True, help="K classes.")
-@click.option("--population", type=click.IntRange(1), default=40, show_default=True,
-              help="N candidates per objective call (inference case).")
-@click.option("--steps", type=click.IntRange(1), default=3, show_default=True,
-              help="Objective calls / fit steps / first-order steps per case.")
+@click.option(
+    "--population",
+    type=click.IntRange(1),
+    default=40,
+    show_default=True,
+    help="N candidates per objective call (inference case).",
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(1),
+    default=3,
+    show_default=True,
+    help="Objective calls / fit steps / first-order steps per case.",
+)
 @click.option("--provider", default="auto", show_default=True, help="Execution provider.")
 @click.option("--threads", type=click.IntRange(1), help="Threads for ORT, numpy and torch alike.")
 @click.option("--no-reference", is_flag=True, help="Skip the PyTorch first-order case.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def memory_command(bundle, classes, population, steps, provider, threads, no_reference,
-                   as_json) -> None:
+def memory_command(
+    bundle, classes, population, steps, provider, threads, no_reference, as_json
+) -> None:
     """Peak RSS of inference, a short fit and PyTorch first-order tuning, each in a fresh process.
 
     \b
@@ -89,49 +119,130 @@ def memory_command(bundle, classes, population, steps, provider, threads, no_ref
     from edge_tune_bench.memory import bench_memory
     from edge_tune_bench.tables import memory_table
 
-    report = bench_memory(resolve_bundle(bundle), classes=classes, population=population,
-                          steps=steps, provider=provider, threads=threads,
-                          reference=not no_reference)
+    report = bench_memory(
+        resolve_bundle(bundle),
+        classes=classes,
+        population=population,
+        steps=steps,
+        provider=provider,
+        threads=threads,
+        reference=not no_reference,
+    )
     click.echo(json.dumps(report, indent=2) if as_json else memory_table(report))
 
 
 @bench.command("accuracy")
-@click.option("--quick", is_flag=True,
-              help="Demo task, seed 0, 16 and 4 shots, 400 queries, 20 eval images per class "
-                   "(options given explicitly win).")
-@click.option("--tasks", multiple=True, metavar="NAME",
-              help=f"A task under --tasks-dir, or demo (the checkout's demo task); repeat for "
-                   f"several [{' '.join(DEFAULT_TASKS)}].")
-@click.option("--tasks-dir", type=click.Path(path_type=Path), default=DEFAULT_TASKS_DIR,
-              show_default=True,
-              help="Tasks written by `python -m edge_tune_export.miniworld.tasks --out DIR`.")
-@click.option("--methods", multiple=True, type=click.Choice(list(METHODS)),
-              help="Optimiser x preset x tuning target; repeat for several [sharpzo-edge].")
-@click.option("--shots", multiple=True, type=click.IntRange(1),
-              help=f"Shots per class; repeat for several [{' '.join(map(str, SHOTS))}].")
-@click.option("--seeds", multiple=True, type=int,
-              help=f"Seeds; repeat for several [{' '.join(map(str, SEEDS))}].")
-@click.option("--budget", type=click.IntRange(1), default=2000, show_default=True,
-              help="Queries per fit (equal for all).")
-@click.option("--eval-per-class", type=click.IntRange(1), default=100, show_default=True,
-              help="Test images per class (a seeded subsample of the task's eval/).")
-@click.option("--jobs", type=click.IntRange(1), default=1, show_default=True,
-              help="Parallel runs (processes).")
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="Demo task, seed 0, 16 and 4 shots, 400 queries, 20 eval images per class "
+    "(options given explicitly win).",
+)
+@click.option(
+    "--tasks",
+    multiple=True,
+    metavar="NAME",
+    help=f"A task under --tasks-dir, or demo (the checkout's demo task); repeat for "
+    f"several [{' '.join(DEFAULT_TASKS)}].",
+)
+@click.option(
+    "--tasks-dir",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_TASKS_DIR,
+    show_default=True,
+    help="Tasks written by `python -m edge_tune_export.miniworld.tasks --out DIR`.",
+)
+@click.option(
+    "--methods",
+    multiple=True,
+    type=click.Choice(list(METHODS)),
+    help="Optimiser x preset x tuning target; repeat for several [sharpzo-edge].",
+)
+@click.option(
+    "--shots",
+    multiple=True,
+    type=click.IntRange(1),
+    help=f"Shots per class; repeat for several [{' '.join(map(str, SHOTS))}].",
+)
+@click.option(
+    "--seeds",
+    multiple=True,
+    type=int,
+    help=f"Seeds; repeat for several [{' '.join(map(str, SEEDS))}].",
+)
+@click.option(
+    "--budget",
+    type=click.IntRange(1),
+    default=2000,
+    show_default=True,
+    help="Queries per fit (equal for all).",
+)
+@click.option(
+    "--eval-per-class",
+    type=click.IntRange(1),
+    default=100,
+    show_default=True,
+    help="Test images per class (a seeded subsample of the task's eval/).",
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Parallel runs (processes).",
+)
 @click.option("--bundle", type=click.Path(path_type=Path), help=BUNDLE_HELP)
-@click.option("--cache-dir", type=click.Path(path_type=Path),
-              help="Image-feature cache [$EDGE_TUNE_CACHE, else ~/.cache/edge-tune].")
-@click.option("--out", type=click.Path(path_type=Path),
-              help="Write the full report (runs and curves) as JSON.")
-@click.option("--from-json", "from_json", multiple=True, type=click.Path(path_type=Path),
-              help="Only print the tables of a saved report; repeat to merge several (their runs).")
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    help="Image-feature cache [$EDGE_TUNE_CACHE, else ~/.cache/edge-tune].",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Write the full report (runs and curves) as JSON.",
+)
+@click.option(
+    "--from-json",
+    "from_json",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Only print the tables of a saved report; repeat to merge several (their runs).",
+)
 @click.option("--provider", default="auto", show_default=True, help="Execution provider.")
-@click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
-              help="ORT intra-op threads per run.")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print the report as one JSON object instead of the Markdown tables.")
+@click.option(
+    "--threads",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="ORT intra-op threads per run.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the report as one JSON object instead of the Markdown tables.",
+)
 @click.pass_context
-def accuracy_command(ctx, quick, tasks, tasks_dir, methods, shots, seeds, budget, eval_per_class,
-                     jobs, bundle, cache_dir, out, from_json, provider, threads, as_json) -> None:
+def accuracy_command(
+    ctx,
+    quick,
+    tasks,
+    tasks_dir,
+    methods,
+    shots,
+    seeds,
+    budget,
+    eval_per_class,
+    jobs,
+    bundle,
+    cache_dir,
+    out,
+    from_json,
+    provider,
+    threads,
+    as_json,
+) -> None:
     """Every method x mini-world task x shots x seed at equal query budgets: what fit ships
     against zero-shot and every cheap head, on test images no choice saw.
 
@@ -150,19 +261,34 @@ def accuracy_command(ctx, quick, tasks, tasks_dir, methods, shots, seeds, budget
         reports = [json.loads(Path(path).read_text(encoding="utf-8")) for path in from_json]
         report = merge_reports(reports)
     else:
+
         def given(name: str) -> bool:
             return ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
 
-        chosen = {"tasks": tasks or DEFAULT_TASKS, "seeds": seeds or SEEDS, "shots": shots or SHOTS,
-                  "budget": budget, "eval_per_class": eval_per_class}
+        chosen = {
+            "tasks": tasks or DEFAULT_TASKS,
+            "seeds": seeds or SEEDS,
+            "shots": shots or SHOTS,
+            "budget": budget,
+            "eval_per_class": eval_per_class,
+        }
         if quick:
             chosen.update({name: value for name, value in QUICK.items() if not given(name)})
         report = bench_accuracy(
-            tasks=list(chosen["tasks"]), methods=list(methods or ("sharpzo-edge",)),
-            shots=list(chosen["shots"]), seeds=list(chosen["seeds"]), budget=chosen["budget"],
-            eval_per_class=chosen["eval_per_class"], jobs=jobs, tasks_dir=tasks_dir, bundle=bundle,
-            cache_dir=cache_dir, provider=provider, threads=threads,
-            log=lambda line: click.echo(line, err=True))
+            tasks=list(chosen["tasks"]),
+            methods=list(methods or ("sharpzo-edge",)),
+            shots=list(chosen["shots"]),
+            seeds=list(chosen["seeds"]),
+            budget=chosen["budget"],
+            eval_per_class=chosen["eval_per_class"],
+            jobs=jobs,
+            tasks_dir=tasks_dir,
+            bundle=bundle,
+            cache_dir=cache_dir,
+            provider=provider,
+            threads=threads,
+            log=lambda line: click.echo(line, err=True),
+        )
         if out:
             from edge_tune.atomic import atomic_write_bytes
 

@@ -39,16 +39,36 @@ class TextGraphCost:
         """FLOPs of text_shared.onnx: the prefix once per candidate, each class's suffix attending
         to prefix + itself (the same weights, so the same per-token cost)."""
         tokens = candidates * (prefix + classes * suffix)
-        attention = self.layers * 2 * self.width * candidates * (
-            prefix * prefix + classes * suffix * (prefix + suffix))
-        return 2 * (tokens * self.per_token_macs + attention
-                    + candidates * classes * self.per_prompt_macs)
+        attention = (
+            self.layers
+            * 2
+            * self.width
+            * candidates
+            * (prefix * prefix + classes * suffix * (prefix + suffix))
+        )
+        return 2 * (
+            tokens * self.per_token_macs + attention + candidates * classes * self.per_prompt_macs
+        )
 
 
-_WEIGHT_OPS = {"MatMul": 1, "Gemm": 1, "MatMulInteger": 1, "DynamicQuantizeMatMul": 1,
-               "MatMulIntegerToFloat": 1, "FusedMatMul": 1, "MatMulNBits": 1}
-_PASS_THROUGH = {"Transpose", "Cast", "Identity", "DequantizeLinear", "Reshape", "Squeeze",
-                 "Unsqueeze"}
+_WEIGHT_OPS = {
+    "MatMul": 1,
+    "Gemm": 1,
+    "MatMulInteger": 1,
+    "DynamicQuantizeMatMul": 1,
+    "MatMulIntegerToFloat": 1,
+    "FusedMatMul": 1,
+    "MatMulNBits": 1,
+}
+_PASS_THROUGH = {
+    "Transpose",
+    "Cast",
+    "Identity",
+    "DequantizeLinear",
+    "Reshape",
+    "Squeeze",
+    "Unsqueeze",
+}
 
 
 def text_graph_cost(onnx_path: str | Path, *, eot_input: str = "eot_index") -> TextGraphCost:
@@ -100,7 +120,7 @@ def text_graph_cost(onnx_path: str | Path, *, eot_input: str = "eot_index") -> T
 def mlp_width(cost: TextGraphCost) -> int:
     """The MLP width from per-token MACs: each layer does 4·D² (q, k, v, out) + 2·D·H."""
     per_layer = cost.per_token_macs / max(1, cost.layers)
-    return max(1, round((per_layer - 4 * cost.width ** 2) / (2 * cost.width)))
+    return max(1, round((per_layer - 4 * cost.width**2) / (2 * cost.width)))
 
 
 def _downstream(graph: Any, source: str) -> set[str]:
@@ -123,5 +143,7 @@ def _text_width(graph: Any) -> int:
             dims = value.type.tensor_type.shape.dim
             if dims and dims[-1].dim_value:
                 return int(dims[-1].dim_value)
-    raise EdgeTuneError("text graph has no prompt_embeds input with a static width",
-                        hint="re-export the bundle with `edge-tune export`")
+    raise EdgeTuneError(
+        "text graph has no prompt_embeds input with a static width",
+        hint="re-export the bundle with `edge-tune export`",
+    )

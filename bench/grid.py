@@ -11,8 +11,14 @@ DEMO_TASK = Path(__file__).resolve().parent.parent / "models" / "miniworld" / "d
 #: Where `python -m edge_tune_export.miniworld.tasks --out DIR` is told to write the tasks.
 DEFAULT_TASKS_DIR = Path("/tmp/miniworld/tasks")
 #: Tasks with >= 10 points of first-order headroom, then tasks where zero-shot is already strong.
-HEADROOM_TASKS = ("blur_inverted", "inverted", "noise", "noise_low_contrast", "rot90",
-                  "upside_down")
+HEADROOM_TASKS = (
+    "blur_inverted",
+    "inverted",
+    "noise",
+    "noise_low_contrast",
+    "rot90",
+    "upside_down",
+)
 STRONG_TASKS = ("clean", "blur", "low_contrast")
 DEFAULT_TASKS = HEADROOM_TASKS + STRONG_TASKS
 SHOTS = (1, 2, 4, 8, 16)

@@ -18,12 +18,28 @@ from edge_tune_bench.process import NOT_INSTALLED, reset_peak_rss, run_child
 from edge_tune_bench.timing import load_average
 from edge_tune_bench.workload import benchmark_classnames, make_synthetic_shots, random_features
 
-MEMORY_CASES = ("baseline", "text_inference", "image_inference", "inference", "fit_cold",
-                "fit_warm", "pytorch_first_order")
+MEMORY_CASES = (
+    "baseline",
+    "text_inference",
+    "image_inference",
+    "inference",
+    "fit_cold",
+    "fit_warm",
+    "pytorch_first_order",
+)
 
 
-def memory_case(case: str, bundle_path: str, *, classes: int, population: int, provider: str,
-                threads: int | None, steps: int, work_dir: str) -> dict[str, Any]:
+def memory_case(
+    case: str,
+    bundle_path: str,
+    *,
+    classes: int,
+    population: int,
+    provider: str,
+    threads: int | None,
+    steps: int,
+    work_dir: str,
+) -> dict[str, Any]:
     """One memory measurement, meant to run alone in a fresh process: {"case", "status",
     "peak_mib", ...the case's own figures} (MiB)."""
     result: dict[str, Any] = {"case": case}
@@ -50,16 +66,25 @@ def memory_case(case: str, bundle_path: str, *, classes: int, population: int, p
 
         size = int(bundle.manifest["dims"]["image_size"])
         image = bundle.image_session(provider=provider, threads=threads)
-        pixels = np.random.default_rng(0).standard_normal((DEFAULT_BATCH_SIZE, 3, size, size)
-                                                          ).astype(np.float32)
+        pixels = (
+            np.random.default_rng(0)
+            .standard_normal((DEFAULT_BATCH_SIZE, 3, size, size))
+            .astype(np.float32)
+        )
         image.run({"pixel_values": pixels})
     if case in ("fit_cold", "fit_warm"):
         from edge_tune.fit import FitConfig, Tuner
 
         shots = Path(work_dir) / "shots"
         cache = Path(work_dir) / "cache"
-        tuner = Tuner(bundle, shots, config=FitConfig(budget_queries=None), provider=provider,
-                      threads=threads, cache_dir=cache)
+        tuner = Tuner(
+            bundle,
+            shots,
+            config=FitConfig(budget_queries=None),
+            provider=provider,
+            threads=threads,
+            cache_dir=cache,
+        )
         result["after_setup_mib"] = peak_rss_mib()
         result["rss_after_setup_mib"] = current_rss_mib()
         reset_peak_rss()
@@ -79,8 +104,15 @@ def memory_case(case: str, bundle_path: str, *, classes: int, population: int, p
 
         space = PromptSpace.build(bundle, benchmark_classnames(classes), seed=0)
         features, labels = random_features(16 * classes, int(bundle.projection_dim), classes)
-        run = first_order_tune(bundle_path, space, features, labels, logit_scale=bundle.logit_scale,
-                               steps=steps, threads=threads)
+        run = first_order_tune(
+            bundle_path,
+            space,
+            features,
+            labels,
+            logit_scale=bundle.logit_scale,
+            steps=steps,
+            threads=threads,
+        )
         result["seconds_per_step"] = run["seconds_per_step"]
         result["weights"] = run["weights"]
         result["losses"] = run["losses"]
@@ -89,10 +121,18 @@ def memory_case(case: str, bundle_path: str, *, classes: int, population: int, p
     return result
 
 
-def bench_memory(bundle_path: str | Path, *, classes: int = 10, population: int = 40,
-                 provider: str = "auto", threads: int | None = None, steps: int = 3,
-                 cases: tuple[str, ...] = MEMORY_CASES, reference: bool = True,
-                 timeout: float = 1800) -> dict[str, Any]:
+def bench_memory(
+    bundle_path: str | Path,
+    *,
+    classes: int = 10,
+    population: int = 40,
+    provider: str = "auto",
+    threads: int | None = None,
+    steps: int = 3,
+    cases: tuple[str, ...] = MEMORY_CASES,
+    reference: bool = True,
+    timeout: float = 1800,
+) -> dict[str, Any]:
     """The memory report: each case's peak RSS from a fresh process, with ratios to the
     text-inference case (`reference=False` leaves the PyTorch case out)."""
     from edge_tune.bundle import open_bundle
@@ -108,9 +148,16 @@ def bench_memory(bundle_path: str | Path, *, classes: int = 10, population: int 
             size = int(bundle.manifest["dims"]["image_size"])
             make_synthetic_shots(Path(work) / "shots", classes, 4, size)
         for case in cases:  # fit_cold fills the feature cache that fit_warm then reads
-            args = {"case": case, "bundle_path": str(bundle_path), "classes": classes,
-                    "population": population, "provider": provider, "threads": threads,
-                    "steps": steps, "work_dir": work}
+            args = {
+                "case": case,
+                "bundle_path": str(bundle_path),
+                "classes": classes,
+                "population": population,
+                "provider": provider,
+                "threads": threads,
+                "steps": steps,
+                "work_dir": work,
+            }
             results[case] = run_child("memory", args, threads=threads, timeout=timeout)
     text = results.get("text_inference", {}).get("peak_mib")
     ratios = {}
@@ -125,7 +172,14 @@ def bench_memory(bundle_path: str | Path, *, classes: int = 10, population: int 
     warm_peak = results.get("fit_warm", {}).get("peak_mib")
     if torch_peak and warm_peak:
         ratios["pytorch_first_order_vs_fit_warm"] = torch_peak / warm_peak
-    return {"bundle": str(bundle_path), "model": bundle.manifest.get("model", {}).get("name"),
-            "quantization": (bundle.manifest.get("quantization") or {}).get("mode", "fp32"),
-            "classes": classes, "population": population, "steps": steps, "cases": results,
-            "ratios": ratios, "load": load_average()}
+    return {
+        "bundle": str(bundle_path),
+        "model": bundle.manifest.get("model", {}).get("name"),
+        "quantization": (bundle.manifest.get("quantization") or {}).get("mode", "fp32"),
+        "classes": classes,
+        "population": population,
+        "steps": steps,
+        "cases": results,
+        "ratios": ratios,
+        "load": load_average(),
+    }

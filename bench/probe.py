@@ -23,11 +23,14 @@ def _gemm_probe_model(rows: int, width: int, hidden: int) -> bytes:
 
     inits = [weight(n, width, width) for n in ("wq", "wk", "wv", "wo")]
     inits += [weight("w1", width, hidden), weight("w2", hidden, width)]
-    nodes = [helper.make_node("MatMul", ["x", w], [f"y_{w}"])
-             for w in ("wq", "wk", "wv", "wo", "w1")]
+    nodes = [
+        helper.make_node("MatMul", ["x", w], [f"y_{w}"]) for w in ("wq", "wk", "wv", "wo", "w1")
+    ]
     nodes.append(helper.make_node("MatMul", ["y_w1", "w2"], ["y_w2"]))
-    outputs = [helper.make_tensor_value_info(f"y_{w}", TensorProto.FLOAT, None)
-               for w in ("wq", "wk", "wv", "wo", "w2")]
+    outputs = [
+        helper.make_tensor_value_info(f"y_{w}", TensorProto.FLOAT, None)
+        for w in ("wq", "wk", "wv", "wo", "w2")
+    ]
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, width])
     graph = helper.make_graph(nodes, "gemm_probe", [x], outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -35,8 +38,9 @@ def _gemm_probe_model(rows: int, width: int, hidden: int) -> bytes:
     return model.SerializeToString()
 
 
-def make_gemm_probe(rows: int, width: int, hidden: int, *, threads: int | None
-                    ) -> tuple[int, Callable[[], Any], Callable[[], Any]]:
+def make_gemm_probe(
+    rows: int, width: int, hidden: int, *, threads: int | None
+) -> tuple[int, Callable[[], Any], Callable[[], Any]]:
     """(flops, ORT run, numpy run) of one text layer's six weight GEMMs on `rows` token rows.
 
     The better of the two engines is the machine's attainable rate; numpy's BLAS threads follow
@@ -49,8 +53,9 @@ def make_gemm_probe(rows: int, width: int, hidden: int, *, threads: int | None
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
-    session = ort.InferenceSession(_gemm_probe_model(rows, width, hidden), options,
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        _gemm_probe_model(rows, width, hidden), options, providers=["CPUExecutionProvider"]
+    )
     x = np.random.default_rng(1).standard_normal((rows, width)).astype(np.float32)
     rng = np.random.default_rng(0)
     ws = [rng.standard_normal((width, width)).astype(np.float32) for _ in range(4)]
@@ -65,10 +70,16 @@ def make_gemm_probe(rows: int, width: int, hidden: int, *, threads: int | None
     return flops, lambda: session.run(None, {"x": x}), numpy_layer
 
 
-def probe_result(shape: tuple[int, int, int], flops: int, ort_s: float, numpy_s: float
-                 ) -> dict[str, Any]:
+def probe_result(
+    shape: tuple[int, int, int], flops: int, ort_s: float, numpy_s: float
+) -> dict[str, Any]:
     """The probe's report: its shape, GFLOP, both engines' GFLOP/s and the better one
     (attainable)."""
     ort_gflops, numpy_gflops = flops / ort_s / 1e9, flops / numpy_s / 1e9
-    return {"shape": list(shape), "gflop": flops / 1e9, "ort_gflops": ort_gflops,
-            "numpy_gflops": numpy_gflops, "attainable_gflops": max(ort_gflops, numpy_gflops)}
+    return {
+        "shape": list(shape),
+        "gflop": flops / 1e9,
+        "ort_gflops": ort_gflops,
+        "numpy_gflops": numpy_gflops,
+        "attainable_gflops": max(ort_gflops, numpy_gflops),
+    }

@@ -40,18 +40,27 @@ def child_env(threads: int | None) -> dict[str, str]:
     return env
 
 
-def run_child(kind: str, args: dict[str, Any], *, threads: int | None, timeout: float
-              ) -> dict[str, Any]:
+def run_child(
+    kind: str, args: dict[str, Any], *, threads: int | None, timeout: float
+) -> dict[str, Any]:
     """The JSON result of measurement `kind` (a key of CHILD_KINDS) run on `args` in a fresh
     interpreter; a timeout, a kill or a failure is an EdgeTuneError naming the case."""
     command = [sys.executable, "-m", "edge_tune_bench.process", kind, json.dumps(args)]
     case = args.get("case", "")
     try:
-        done = subprocess.run(command, capture_output=True, text=True, env=child_env(threads),
-                              timeout=timeout, check=False)
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            env=child_env(threads),
+            timeout=timeout,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
-        raise EdgeTuneError(f"the {kind} measurement {case} ran longer than {timeout:.0f}s",
-                            hint="lower --population or --classes") from None
+        raise EdgeTuneError(
+            f"the {kind} measurement {case} ran longer than {timeout:.0f}s",
+            hint="lower --population or --classes",
+        ) from None
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if lines:
         result = json.loads(lines[-1])
@@ -60,8 +69,10 @@ def run_child(kind: str, args: dict[str, Any], *, threads: int | None, timeout: 
         if done.returncode == 0:
             return result
     if done.returncode in (-9, 137):
-        raise EdgeTuneError(f"the {kind} measurement {case} was killed (out of memory?)",
-                            hint="lower --population or --classes")
+        raise EdgeTuneError(
+            f"the {kind} measurement {case} was killed (out of memory?)",
+            hint="lower --population or --classes",
+        )
     tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
     raise EdgeTuneError(f"the {kind} measurement {case} failed: {tail}")
 
@@ -103,8 +114,9 @@ def child_main(argv: list[str]) -> int:
     kind, args = argv[0], json.loads(argv[1])
     try:
         if kind not in CHILD_KINDS:
-            raise EdgeTuneError(f"unknown benchmark {kind!r}",
-                                hint=f"use one of {', '.join(CHILD_KINDS)}")
+            raise EdgeTuneError(
+                f"unknown benchmark {kind!r}", hint=f"use one of {', '.join(CHILD_KINDS)}"
+            )
         module, function = CHILD_KINDS[kind]
         result = getattr(importlib.import_module(module), function)(**args)
     except EdgeTuneError as err:

@@ -40,8 +40,9 @@ from edge_tune_bench.workload import benchmark_classnames, random_features
 REFERENCE_LENGTH = 77  # the reference code pads every prompt to CLIP's full context
 
 
-def estimate_speed_bytes(population: int, classes: int, dim: int, length: int, width: int,
-                         rows_per_run: int) -> int:
+def estimate_speed_bytes(
+    population: int, classes: int, dim: int, length: int, width: int, rows_per_run: int
+) -> int:
     """Working memory the speed benchmark needs beyond the loaded session, in bytes (rough, on
     the high side).
 
@@ -66,7 +67,8 @@ def check_memory(needed: int, *, population: int, classes: int, per_candidate: i
     raise EdgeTuneError(
         f"a population of {population} x {classes} classes needs about {needed / 2**30:.1f} GiB, "
         f"but only {available / 2**30:.1f} GiB is available here",
-        hint=f"lower --population (at most about {fits} fits) or --classes")
+        hint=f"lower --population (at most about {fits} fits) or --classes",
+    )
 
 
 def _timed(encoder):
@@ -75,9 +77,17 @@ def _timed(encoder):
     return encoder
 
 
-def run_speed(bundle_path: str | Path, *, classes: int = 10, population: int = 40,
-              provider: str = "auto", threads: int | None = None, repeats: int = DEFAULT_REPEATS,
-              dim: int = 512, shots: int = 16) -> dict[str, Any]:
+def run_speed(
+    bundle_path: str | Path,
+    *,
+    classes: int = 10,
+    population: int = 40,
+    provider: str = "auto",
+    threads: int | None = None,
+    repeats: int = DEFAULT_REPEATS,
+    dim: int = 512,
+    shots: int = 16,
+) -> dict[str, Any]:
     """The ONNX speed report of one bundle, measured in this process (`bench_speed` runs it in a
     child and adds the PyTorch reference from another): rows per path, the GEMM probe, ratios,
     the text graph's cost and the Python overhead of objective calls and of fit steps."""
@@ -87,20 +97,32 @@ def run_speed(bundle_path: str | Path, *, classes: int = 10, population: int = 4
     from edge_tune.prompts import PromptSpace
 
     if population < 1 or classes < 2:
-        raise EdgeTuneError(f"population {population} and classes {classes} are too small",
-                            hint="use --population >= 1 and --classes >= 2")
+        raise EdgeTuneError(
+            f"population {population} and classes {classes} are too small",
+            hint="use --population >= 1 and --classes >= 2",
+        )
     load_start = load_average()
     bundle = open_bundle(bundle_path)
     space = PromptSpace.build(bundle, benchmark_classnames(classes), dim=dim, seed=0)
     length, width = space.length, space.text_width
-    check_memory(estimate_speed_bytes(population, classes, space.dim, length, width,
-                                      rows_per_run(length, width)),
-                 population=population, classes=classes, per_candidate=8 * space.dim * 3)
+    check_memory(
+        estimate_speed_bytes(
+            population, classes, space.dim, length, width, rows_per_run(length, width)
+        ),
+        population=population,
+        classes=classes,
+        per_candidate=8 * space.dim * 3,
+    )
 
     # The encoder fit scores with (text_shared.onnx when the bundle has it), text.onnx beside it.
     fit_encoder = _timed(text_encoder(bundle, space, provider=provider, threads=threads))
-    plain = (fit_encoder if fit_encoder.graph == "text" else _timed(
-        text_encoder(bundle, space, provider=provider, threads=threads, shared_prefix=False)))
+    plain = (
+        fit_encoder
+        if fit_encoder.graph == "text"
+        else _timed(
+            text_encoder(bundle, space, provider=provider, threads=threads, shared_prefix=False)
+        )
+    )
     shared_encoder = fit_encoder if fit_encoder.graph == "text_shared" else None
     session = plain.session.session  # the untimed text.onnx session, for the naive path
     features, labels = random_features(shots * classes, int(bundle.projection_dim), classes)
@@ -150,17 +172,30 @@ def run_speed(bundle_path: str | Path, *, classes: int = 10, population: int = 4
         naive_times.append(seconds(naive_candidate))
         probe_times.append((seconds(probe_ort), seconds(probe_numpy)))
     call_s, naive_s = statistics.median(calls), statistics.median(naive_times)
-    probe = probe_result(probe_shape, probe_flops, statistics.median(t[0] for t in probe_times),
-                         statistics.median(t[1] for t in probe_times))
+    probe = probe_result(
+        probe_shape,
+        probe_flops,
+        statistics.median(t[0] for t in probe_times),
+        statistics.median(t[1] for t in probe_times),
+    )
     objective_flops = cost.flops(runs * size, length)  # padding rows are computed too
     naive_flops = cost.flops(classes, full.length)
 
     rows = {
-        "objective": _speed_row(population / call_s, population * classes / call_s, call_s,
-                                objective_flops,
-                                note=f"L={length}, {runs} run(s) of {size} prompts"),
-        "onnx_naive": _speed_row(1 / naive_s, classes / naive_s, naive_s, naive_flops,
-                                 note=f"L={full.length}, 1 candidate ({classes} prompts) per run"),
+        "objective": _speed_row(
+            population / call_s,
+            population * classes / call_s,
+            call_s,
+            objective_flops,
+            note=f"L={length}, {runs} run(s) of {size} prompts",
+        ),
+        "onnx_naive": _speed_row(
+            1 / naive_s,
+            classes / naive_s,
+            naive_s,
+            naive_flops,
+            note=f"L={full.length}, 1 candidate ({classes} prompts) per run",
+        ),
     }
     overhead = {"objective_fraction": _outside(calls, ort_seconds)}
     if shared is not None:
@@ -168,36 +203,62 @@ def run_speed(bundle_path: str | Path, *, classes: int = 10, population: int = 4
         suffix = space.length - space.prefix_length
         class_size, class_runs, size_c, runs_c = shared_encoder.plan(population)
         rows["objective_shared"] = _speed_row(
-            population / shared_s, population * classes / shared_s, shared_s,
-            cost.shared_flops(runs_c * size_c * class_runs, class_size, space.prefix_length,
-                              suffix),
+            population / shared_s,
+            population * classes / shared_s,
+            shared_s,
+            cost.shared_flops(
+                runs_c * size_c * class_runs, class_size, space.prefix_length, suffix
+            ),
             note=f"P={space.prefix_length} + S={suffix}, {runs_c * class_runs} run(s) of {size_c} "
-                 f"candidates x {class_size} classes; "
-                 f"loss vs text.onnx {float(np.max(np.abs(shared_losses - losses))):.1e}")
+            f"candidates x {class_size} classes; "
+            f"loss vs text.onnx {float(np.max(np.abs(shared_losses - losses))):.1e}",
+        )
         overhead["objective_shared_fraction"] = _outside(shared_calls, shared_ort_seconds)
     attainable = probe["attainable_gflops"]
     for row in rows.values():
         row["fraction_of_gemm"] = row["gflops"] / attainable
-    ratios = {"objective_vs_onnx_naive": rows["objective"]["queries_per_s"]
-              / rows["onnx_naive"]["queries_per_s"],
-              "objective_fraction_of_gemm": rows["objective"]["fraction_of_gemm"]}
+    ratios = {
+        "objective_vs_onnx_naive": rows["objective"]["queries_per_s"]
+        / rows["onnx_naive"]["queries_per_s"],
+        "objective_fraction_of_gemm": rows["objective"]["fraction_of_gemm"],
+    }
     if shared is not None:
-        ratios["shared_vs_objective"] = (rows["objective_shared"]["queries_per_s"]
-                                         / rows["objective"]["queries_per_s"])
+        ratios["shared_vs_objective"] = (
+            rows["objective_shared"]["queries_per_s"] / rows["objective"]["queries_per_s"]
+        )
     graph_file = bundle.manifest["graphs"][fit_encoder.graph]["file"]
-    overhead["fit_step"] = fit_step_overhead(fit_encoder, features, labels, graph_file=graph_file,
-                                             logit_scale=bundle.logit_scale, repeats=repeats)
+    overhead["fit_step"] = fit_step_overhead(
+        fit_encoder,
+        features,
+        labels,
+        graph_file=graph_file,
+        logit_scale=bundle.logit_scale,
+        repeats=repeats,
+    )
     return {
-        "bundle": str(bundle.path), "model": bundle.manifest.get("model", {}).get("name"),
+        "bundle": str(bundle.path),
+        "model": bundle.manifest.get("model", {}).get("name"),
         "quantization": (bundle.manifest.get("quantization") or {}).get("mode", "fp32"),
-        "population": population, "classes": classes, "dim": space.dim, "length": length,
-        "provider": (getattr(session, "providers", None) or [provider])[0], "threads": threads,
+        "population": population,
+        "classes": classes,
+        "dim": space.dim,
+        "length": length,
+        "provider": (getattr(session, "providers", None) or [provider])[0],
+        "threads": threads,
         "repeats": repeats,
-        "rows": rows, "gemm_probe": probe, "ratios": ratios, "objective_loss_w0": float(losses[0]),
-        "naive_gflop_per_candidate": naive_flops / 1e9, "reference_length": full.length,
-        "text_graph": {"per_token_macs": cost.per_token_macs,
-                       "per_prompt_macs": cost.per_prompt_macs, "layers": cost.layers,
-                       "width": cost.width, "mlp_width": hidden},
+        "rows": rows,
+        "gemm_probe": probe,
+        "ratios": ratios,
+        "objective_loss_w0": float(losses[0]),
+        "naive_gflop_per_candidate": naive_flops / 1e9,
+        "reference_length": full.length,
+        "text_graph": {
+            "per_token_macs": cost.per_token_macs,
+            "per_prompt_macs": cost.per_prompt_macs,
+            "layers": cost.layers,
+            "width": cost.width,
+            "mlp_width": hidden,
+        },
         "python_overhead": overhead,
         "load": {"start": load_start, "end": load_average()},
     }
@@ -208,16 +269,30 @@ def _outside(calls: list[float], inside: list[float]) -> float:
     return statistics.median((c - o) / c for c, o in zip(calls, inside))
 
 
-def _speed_row(queries_per_s: float, prompts_per_s: float, wall_s: float, flops: float, *, note: str
-               ) -> dict[str, Any]:
+def _speed_row(
+    queries_per_s: float, prompts_per_s: float, wall_s: float, flops: float, *, note: str
+) -> dict[str, Any]:
     """One row of the speed report (`fraction_of_gemm` is added once the probe is known)."""
-    return {"status": "ok", "queries_per_s": queries_per_s, "prompts_per_s": prompts_per_s,
-            "seconds_per_measure": wall_s, "gflop_per_measure": flops / 1e9,
-            "gflops": flops / wall_s / 1e9, "note": note}
+    return {
+        "status": "ok",
+        "queries_per_s": queries_per_s,
+        "prompts_per_s": prompts_per_s,
+        "seconds_per_measure": wall_s,
+        "gflop_per_measure": flops / 1e9,
+        "gflops": flops / wall_s / 1e9,
+        "note": note,
+    }
 
 
-def fit_step_overhead(encoder, features: np.ndarray, labels: np.ndarray, *, graph_file: str,
-                      logit_scale: float, repeats: int) -> dict[str, Any]:
+def fit_step_overhead(
+    encoder,
+    features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    graph_file: str,
+    logit_scale: float,
+    repeats: int,
+) -> dict[str, Any]:
     """What a fit step costs and how much of it is Python: ask → objective → tell through
     `encoder` (the one `text_encoder` gives fit, its session a TimedSession) with the optimiser fit
     builds (`FitConfig()`'s optimizer and preset), BLAS at one thread as in `Tuner.run`.
@@ -248,8 +323,9 @@ def fit_step_overhead(encoder, features: np.ndarray, labels: np.ndarray, *, grap
     settings = optimizer.config
     cycle = 1
     if all(hasattr(settings, name) for name in ("population_size", "active", "diagonal")):
-        cycle = math.ceil(constants(dim, settings.population_size, settings.active,
-                                    settings.diagonal).eigen_gap)
+        cycle = math.ceil(
+            constants(dim, settings.population_size, settings.active, settings.diagonal).eigen_gap
+        )
     steps = cycle * math.ceil(max(1, repeats) / cycle)
     with limit_blas_threads(1):
         phases = _step_phases(optimizer, objective, steps)
@@ -282,14 +358,29 @@ def _step_phases(optimizer, objective, steps: int) -> dict[str, dict[str, Any]]:
         entry["queries"] += len(candidates)
         entry["wall"] += wall
         entry["ort"] += session.seconds
-    return {phase: {"steps": int(e["steps"]), "queries_per_step": e["queries"] / e["steps"],
-                    "step_s": e["wall"] / e["steps"], "ort_s": e["ort"] / e["steps"],
-                    "outside_ort_fraction": 1 - e["ort"] / e["wall"]}
-            for phase, e in sums.items()}
+    return {
+        phase: {
+            "steps": int(e["steps"]),
+            "queries_per_step": e["queries"] / e["steps"],
+            "step_s": e["wall"] / e["steps"],
+            "ort_s": e["ort"] / e["steps"],
+            "outside_ort_fraction": 1 - e["ort"] / e["wall"],
+        }
+        for phase, e in sums.items()
+    }
 
 
-def reference_speed(bundle_path: str | Path, *, classes: int, population: int, threads: int | None,
-                    repeats: int, dim: int = 512, shots: int = 16, **_: Any) -> dict[str, Any]:
+def reference_speed(
+    bundle_path: str | Path,
+    *,
+    classes: int,
+    population: int,
+    threads: int | None,
+    repeats: int,
+    dim: int = 512,
+    shots: int = 16,
+    **_: Any,
+) -> dict[str, Any]:
     """Seconds per candidate of the PyTorch-eager reference (own process), or why it cannot run.
 
     Builds the same prompt space, features and candidates as `run_speed` (same seeds), so its loss
@@ -308,12 +399,18 @@ def reference_speed(bundle_path: str | Path, *, classes: int, population: int, t
     space = PromptSpace.build(bundle, benchmark_classnames(classes), dim=dim, seed=0)
     features, labels = random_features(shots * classes, int(bundle.projection_dim), classes)
     W = np.random.default_rng(1).standard_normal((population, space.dim)) * 0.01
-    reference = EagerReference(bundle_path, space, features, labels, logit_scale=bundle.logit_scale,
-                               threads=threads)
+    reference = EagerReference(
+        bundle_path, space, features, labels, logit_scale=bundle.logit_scale, threads=threads
+    )
     loss = float(reference.losses(W[:1])[0])
     per_candidate = median_seconds(lambda: reference.losses(W[:1]), repeats, warmup=0)
-    return {"status": "ok", "seconds_per_candidate": per_candidate, "weights": reference.weights,
-            "loss_w0": loss, "load": load_average()}
+    return {
+        "status": "ok",
+        "seconds_per_candidate": per_candidate,
+        "weights": reference.weights,
+        "loss_w0": loss,
+        "load": load_average(),
+    }
 
 
 def add_reference(report: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
@@ -324,24 +421,39 @@ def add_reference(report: dict[str, Any], reference: dict[str, Any]) -> dict[str
         return report
     per_candidate, classes = reference["seconds_per_candidate"], report["classes"]
     flops = report["naive_gflop_per_candidate"] * 1e9
-    row = _speed_row(1 / per_candidate, classes / per_candidate, per_candidate, flops,
-                     note=f"L={report['reference_length']}, 1 candidate per call, own process "
-                          f"(load {fmt(reference.get('load'), '.2f')}), "
-                          f"weights: {reference['weights']}")
+    row = _speed_row(
+        1 / per_candidate,
+        classes / per_candidate,
+        per_candidate,
+        flops,
+        note=f"L={report['reference_length']}, 1 candidate per call, own process "
+        f"(load {fmt(reference.get('load'), '.2f')}), "
+        f"weights: {reference['weights']}",
+    )
     row["fraction_of_gemm"] = row["gflops"] / report["gemm_probe"]["attainable_gflops"]
     row["loss_diff_vs_objective"] = abs(reference["loss_w0"] - report["objective_loss_w0"])
     rows["pytorch_eager"] = row
-    for key, ratio in (("objective", "objective_vs_pytorch_eager"),
-                       ("onnx_naive", "onnx_naive_vs_pytorch_eager"),
-                       ("objective_shared", "shared_vs_pytorch_eager")):
+    for key, ratio in (
+        ("objective", "objective_vs_pytorch_eager"),
+        ("onnx_naive", "onnx_naive_vs_pytorch_eager"),
+        ("objective_shared", "shared_vs_pytorch_eager"),
+    ):
         if key in rows:
             ratios[ratio] = rows[key]["queries_per_s"] / row["queries_per_s"]
     return report
 
 
-def bench_speed(bundle_path: str | Path, *, classes: int = 10, population: int = 40,
-                provider: str = "auto", threads: int | None = None, repeats: int = DEFAULT_REPEATS,
-                reference: bool = True, timeout: float = 1800) -> dict[str, Any]:
+def bench_speed(
+    bundle_path: str | Path,
+    *,
+    classes: int = 10,
+    population: int = 40,
+    provider: str = "auto",
+    threads: int | None = None,
+    repeats: int = DEFAULT_REPEATS,
+    reference: bool = True,
+    timeout: float = 1800,
+) -> dict[str, Any]:
     """The speed report: `run_speed` in one fresh process, the PyTorch reference in another
     (or its status: "not installed", "skipped (--no-reference)")."""
     from edge_tune.bundle import open_bundle
@@ -349,9 +461,18 @@ def bench_speed(bundle_path: str | Path, *, classes: int = 10, population: int =
 
     open_bundle(bundle_path)  # a bad bundle fails here, with its own message
     resolve_provider(provider)  # and a provider this onnxruntime lacks
-    args = {"bundle_path": str(bundle_path), "classes": classes, "population": population,
-            "provider": provider, "threads": threads, "repeats": repeats}
+    args = {
+        "bundle_path": str(bundle_path),
+        "classes": classes,
+        "population": population,
+        "provider": provider,
+        "threads": threads,
+        "repeats": repeats,
+    }
     report = run_child("speed", args, threads=threads, timeout=timeout)
-    measured = (run_child("reference", args, threads=threads, timeout=timeout) if reference
-                else {"status": "skipped (--no-reference)"})
+    measured = (
+        run_child("reference", args, threads=threads, timeout=timeout)
+        if reference
+        else {"status": "skipped (--no-reference)"}
+    )
     return add_reference(report, measured)

@@ -12,7 +12,7 @@ import numpy as np
 
 # Realistic class names (CIFAR-10/100 style) so that the truncated length L is what a user sees.
 # Split on spaces, so "lawn mower" gives two names, as in every published figure (docs/bench.md).
-CLASSNAMES = (  # noqa: SIM905
+CLASSNAMES = (
     "airplane automobile bird cat deer dog frog horse ship truck apple aquarium fish baby bear "
     "beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel can castle "
     "caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur "
@@ -31,8 +31,9 @@ def benchmark_classnames(count: int) -> list[str]:
     return [CLASSNAMES[i] if i < n else f"{CLASSNAMES[i % n]} {i // n}" for i in range(count)]
 
 
-def random_features(count: int, width: int, classes: int, seed: int = 0
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def random_features(
+    count: int, width: int, classes: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """(f32[count, width] unit-norm stand-ins for cached image features, i64[count] labels
     cycling through `classes`)."""
     rng = np.random.default_rng(seed)
@@ -41,8 +42,9 @@ def random_features(count: int, width: int, classes: int, seed: int = 0
     return features, np.arange(count, dtype=np.int64) % classes
 
 
-def make_synthetic_shots(root: Path, classes: int, per_class: int, size: int, seed: int = 0
-                         ) -> Path:
+def make_synthetic_shots(
+    root: Path, classes: int, per_class: int, size: int, seed: int = 0
+) -> Path:
     """`root`, filled as a shots folder (one subfolder per class) of seeded noise PNGs."""
     from PIL import Image
 

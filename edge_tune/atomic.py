@@ -18,6 +18,7 @@ from typing import IO
 
 import numpy as np
 
+
 def _read_umask() -> int:
     mask = os.umask(0o022)  # the only way to read it is to set it; put it back at once
     os.umask(mask)

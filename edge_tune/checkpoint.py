@@ -73,7 +73,7 @@ def checkpoint_dir(run_dir: str | Path) -> Path | None:
             f"cannot read the checkpoint pointer ({err.strerror})",
             path=state / LATEST,
             hint="Check the run directory's permissions",
-        )
+        ) from None
     if not name.startswith("ckpt-") or "/" in name or not (state / name).is_dir():
         raise CheckpointError(
             "the checkpoint pointer names no checkpoint",
@@ -106,8 +106,12 @@ def write_checkpoint(
             save_state(tmp / f"optimizer-{index}.npz", optimizer_state)
             fsync_file(tmp / f"optimizer-{index}.npz")
         atomic_save_npz(tmp / "tuner.npz", arrays)
-        full = {"checkpoint_format": CHECKPOINT_FORMAT, "optimizer_states": len(optimizer_states),
-                **record, "file_sha256": {f.name: sha256_of(f) for f in sorted(tmp.glob("*.npz"))}}
+        full = {
+            "checkpoint_format": CHECKPOINT_FORMAT,
+            "optimizer_states": len(optimizer_states),
+            **record,
+            "file_sha256": {f.name: sha256_of(f) for f in sorted(tmp.glob("*.npz"))},
+        }
         atomic_write_json(tmp / "tuner.json", {**full, "record_sha256": record_digest(full)})
         fsync_dir(tmp)
         os.replace(tmp, final)
@@ -117,8 +121,10 @@ def write_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(final, ignore_errors=True)
         if previous is not None:
-            kept, then = (f"the previous checkpoint {previous.name} is kept",
-                          f"continue with --resume {Path(run_dir)}")
+            kept, then = (
+                f"the previous checkpoint {previous.name} is kept",
+                f"continue with --resume {Path(run_dir)}",
+            )
         else:
             kept, then = "the run has no checkpoint yet", "run the same command again"
         raise CheckpointError(
@@ -130,7 +136,6 @@ def write_checkpoint(
         if old.name.startswith(("ckpt-", ".ckpt-")) and old != final:
             shutil.rmtree(old, ignore_errors=True)
     return final
-
 
 
 def record_digest(record: Mapping[str, object]) -> str:
@@ -174,7 +179,7 @@ def read_checkpoint(run_dir: str | Path) -> Checkpoint:
         ) from err
     if record.get("checkpoint_format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
-            f"checkpoint format {record.get('checkpoint_format')} is not " f"{CHECKPOINT_FORMAT}",
+            f"checkpoint format {record.get('checkpoint_format')} is not {CHECKPOINT_FORMAT}",
             path=path / "tuner.json",
             hint="Resume it with the edge-tune version that wrote it",
         )
@@ -185,5 +190,7 @@ def read_checkpoint(run_dir: str | Path) -> Checkpoint:
             path=path / "tuner.json",
             hint="Resume an unaltered run, or start a new run with --out",
         )
-    states = [load_state(path / f"optimizer-{i}.npz") for i in range(int(record["optimizer_states"]))]
+    states = [
+        load_state(path / f"optimizer-{i}.npz") for i in range(int(record["optimizer_states"]))
+    ]
     return Checkpoint(path=path, record=record, arrays=arrays, optimizer_states=states)

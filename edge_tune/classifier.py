@@ -130,7 +130,7 @@ class Classifier:
             )
         if features.ndim != 2 or features.shape[0] != len(classnames):
             raise CheckpointError(
-                f"class features of shape {features.shape} for {len(classnames)} " "classes",
+                f"class features of shape {features.shape} for {len(classnames)} classes",
                 path=path,
                 hint="Re-run `edge-tune fit` to write it again",
             )

@@ -39,33 +39,85 @@ def cli() -> None:
 
 @cli.command("export")
 @click.argument("model")
-@click.option("--source", "source_dir", type=click.Path(path_type=Path),
-              help="A CLIPModel save_pretrained directory to export instead of downloading MODEL.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
-@click.option("--provider", default="auto", show_default=True,
-              help="Check that the bundle runs on this execution provider (auto|cpu|cuda|tensorrt|...).")
+@click.option(
+    "--source",
+    "source_dir",
+    type=click.Path(path_type=Path),
+    help="A CLIPModel save_pretrained directory to export instead of downloading MODEL.",
+)
+@click.option(
+    "--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write."
+)
+@click.option(
+    "--provider",
+    default="auto",
+    show_default=True,
+    help="Check that the bundle runs on this execution provider (auto|cpu|cuda|tensorrt|...).",
+)
 @click.option("--opset", type=click.IntRange(18), help="ONNX opset [20].")
-@click.option("--token-table", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-              help="Storage of token_embedding.npy; fp16 rounds the model's table first (exact parity).")
-@click.option("--shared-prefix/--no-shared-prefix", default=True, show_default=True,
-              help="Also write text_shared.onnx: each candidate's SOT + context computed once for all its "
-                   "class prompts (same features; ~2x faster fits at 10 classes; fit uses it). "
-                   "--no-shared-prefix: a smaller bundle (one text graph fewer), slower fits.")
-@click.option("--quantize", type=click.Choice(["int8", "fp16"]),
-              help="Write a smaller bundle: int8 (dynamic, per channel; for CPUs) or fp16 (same as --fp16).")
-@click.option("--fp16", "fp16", is_flag=True,
-              help="fp16 graphs with fp32 inputs/outputs, for GPU providers (CUDA/TensorRT); slower than "
-                   "fp32 on CPU.")
-@click.option("--gate-data", type=click.Path(path_type=Path),
-              help="Labelled images (DIR/<class>/*.png) on which a --quantize/--fp16 bundle must stay within "
-                   "--max-drop points of fp32 [mini-world: its demo task; others: required or --no-gate].")
-@click.option("--gate-prompt", type=click.Path(path_type=Path),
-              help="A fit run (or prompt.npz) made with the fp32 model whose tuned accuracy is gated too.")
-@click.option("--no-gate", is_flag=True, help="Skip the accuracy gate of --quantize/--fp16 (warned).")
-@click.option("--max-drop", type=click.FloatRange(0), default=1.0, show_default=True,
-              help="Largest accuracy drop (points) the gate accepts.")
-def export_command(model, source_dir, out, provider, opset, token_table, shared_prefix, quantize, fp16,
-                   gate_data, gate_prompt, no_gate, max_drop) -> None:
+@click.option(
+    "--token-table",
+    type=click.Choice(["fp32", "fp16"]),
+    default="fp32",
+    show_default=True,
+    help="Storage of token_embedding.npy; fp16 rounds the model's table first (exact parity).",
+)
+@click.option(
+    "--shared-prefix/--no-shared-prefix",
+    default=True,
+    show_default=True,
+    help="Also write text_shared.onnx: each candidate's SOT + context computed once for all its "
+    "class prompts (same features; ~2x faster fits at 10 classes; fit uses it). "
+    "--no-shared-prefix: a smaller bundle (one text graph fewer), slower fits.",
+)
+@click.option(
+    "--quantize",
+    type=click.Choice(["int8", "fp16"]),
+    help="Write a smaller bundle: int8 (dynamic, per channel; for CPUs) or fp16 (same as --fp16).",
+)
+@click.option(
+    "--fp16",
+    "fp16",
+    is_flag=True,
+    help="fp16 graphs with fp32 inputs/outputs, for GPU providers (CUDA/TensorRT); slower than "
+    "fp32 on CPU.",
+)
+@click.option(
+    "--gate-data",
+    type=click.Path(path_type=Path),
+    help="Labelled images (DIR/<class>/*.png) on which a --quantize/--fp16 bundle must stay within "
+    "--max-drop points of fp32 [mini-world: its demo task; others: required or --no-gate].",
+)
+@click.option(
+    "--gate-prompt",
+    type=click.Path(path_type=Path),
+    help="A fit run (or prompt.npz) made with the fp32 model whose tuned accuracy is gated too.",
+)
+@click.option(
+    "--no-gate", is_flag=True, help="Skip the accuracy gate of --quantize/--fp16 (warned)."
+)
+@click.option(
+    "--max-drop",
+    type=click.FloatRange(0),
+    default=1.0,
+    show_default=True,
+    help="Largest accuracy drop (points) the gate accepts.",
+)
+def export_command(
+    model,
+    source_dir,
+    out,
+    provider,
+    opset,
+    token_table,
+    shared_prefix,
+    quantize,
+    fp16,
+    gate_data,
+    gate_prompt,
+    no_gate,
+    max_drop,
+) -> None:
     """Freeze a CLIP model into a bundle a torch-free device can tune (needs the [export] extra).
 
     \b
@@ -85,24 +137,43 @@ def export_command(model, source_dir, out, provider, opset, token_table, shared_
 
         from edge_tune_export import export_bundle
     except ImportError:
-        raise ExportError("edge-tune export needs PyTorch and transformers: "
-                          "pip install 'edge-tune[export]'") from None
+        raise ExportError(
+            "edge-tune export needs PyTorch and transformers: pip install 'edge-tune[export]'"
+        ) from None
     if fp16 and quantize not in (None, "fp16"):
         raise ExportError(f"--fp16 contradicts --quantize {quantize}", hint="give one of them")
     mode = "fp16" if fp16 else quantize
     if mode is None and (gate_data or gate_prompt or no_gate):
-        raise ExportError("--gate-data/--gate-prompt/--no-gate apply only with --quantize or --fp16",
-                          hint="add --quantize int8 or --fp16, or drop the gate options")
-    export_bundle(model, out, source_dir=source_dir, provider=provider, opset=opset,
-                  token_table=token_table, shared_prefix=shared_prefix, quantize=mode, gate_data=gate_data,
-                  gate_prompt=gate_prompt,
-                  no_gate=no_gate, max_drop_points=max_drop, echo=lambda line: click.echo(line, err=True))
+        raise ExportError(
+            "--gate-data/--gate-prompt/--no-gate apply only with --quantize or --fp16",
+            hint="add --quantize int8 or --fp16, or drop the gate options",
+        )
+    export_bundle(
+        model,
+        out,
+        source_dir=source_dir,
+        provider=provider,
+        opset=opset,
+        token_table=token_table,
+        shared_prefix=shared_prefix,
+        quantize=mode,
+        gate_data=gate_data,
+        gate_prompt=gate_prompt,
+        no_gate=no_gate,
+        max_drop_points=max_drop,
+        echo=lambda line: click.echo(line, err=True),
+    )
     click.echo(str(out))
 
 
 @cli.command("info")
 @click.argument("bundle_dir", metavar="[BUNDLE]", required=False, type=click.Path(path_type=Path))
-@click.option("--provider", default="auto", show_default=True, help="Execution provider for the timed forward.")
+@click.option(
+    "--provider",
+    default="auto",
+    show_default=True,
+    help="Execution provider for the timed forward.",
+)
 @click.option("--threads", type=click.IntRange(1), help="ORT intra-op threads.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def info_command(bundle_dir, provider, threads, as_json) -> None:
@@ -124,52 +195,100 @@ def info_command(bundle_dir, provider, threads, as_json) -> None:
         click.echo(json.dumps(info, indent=2))
         return
     dims, model = info["dims"], info["model"]
-    lines = [f"bundle     {info['bundle']}  (format {info['format_version']}, hash {info['bundle_hash'][:16]})",
-             f"model      {model['name']}  from {model['source']}",
-             f"dims       text {dims['text_width']} wide, projection {dims['projection_dim']}, context "
-             f"{dims['context_length']}, vocab {dims['vocab_size']}; image {dims['image_size']} px, "
-             f"patch {dims['patch_size']}, vision {dims['vision_width']} wide",
-             f"logit      scale {info['logit_scale']:.4g}"]
+    lines = [
+        f"bundle     {info['bundle']}  (format {info['format_version']}, hash {info['bundle_hash'][:16]})",
+        f"model      {model['name']}  from {model['source']}",
+        f"dims       text {dims['text_width']} wide, projection {dims['projection_dim']}, context "
+        f"{dims['context_length']}, vocab {dims['vocab_size']}; image {dims['image_size']} px, "
+        f"patch {dims['patch_size']}, vision {dims['vision_width']} wide",
+        f"logit      scale {info['logit_scale']:.4g}",
+    ]
     for name, entry in info["files"].items():
-        lines.append(f"file       {name:<20} {entry['bytes']:>12,} B  sha256 {entry['sha256'][:16]}  ok")
+        lines.append(
+            f"file       {name:<20} {entry['bytes']:>12,} B  sha256 {entry['sha256'][:16]}  ok"
+        )
     lines.append("hashes     all verified")
     if info.get("parity"):
         p = info["parity"]
-        lines.append(f"parity     text {p['text_max_abs_diff']:.2g}, image {p['image_max_abs_diff']:.2g} "
-                     f"(tolerance {p['tolerance']:g}, at export)")
+        lines.append(
+            f"parity     text {p['text_max_abs_diff']:.2g}, image {p['image_max_abs_diff']:.2g} "
+            f"(tolerance {p['tolerance']:g}, at export)"
+        )
     prov = info["providers"]
-    lines.append(f"providers  available {', '.join(prov['available'])}; chosen {prov['chosen']} "
-                 f"({prov['report']})")
+    lines.append(
+        f"providers  available {', '.join(prov['available'])}; chosen {prov['chosen']} "
+        f"({prov['report']})"
+    )
     tf = info["text_forward"]
-    lines.append(f"forward    text graph, 1 prompt x {tf['tokens']} tokens: {tf['ms_median_of_3']:.2f} ms")
+    lines.append(
+        f"forward    text graph, 1 prompt x {tf['tokens']} tokens: {tf['ms_median_of_3']:.2f} ms"
+    )
     click.echo("\n".join(lines))
-
 
 
 # --- eval (data, objective) -------------------------------------------------------------------
 
 
 @cli.command("eval")
-@click.option("--bundle", "bundle_dir", type=click.Path(path_type=Path),
-              help="Bundle directory [$EDGE_TUNE_BUNDLE, else the shipped mini-world bundle].")
-@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
-              help="Labelled images: DATA/<class>/*.jpg.")
-@click.option("--template", default=DEFAULT_TEMPLATE, show_default=True,
-              help="Zero-shot prompt; {} is replaced by the class name.")
-@click.option("--prompt", "prompt_path", type=click.Path(path_type=Path),
-              help="A tuned prompt alone instead of the template: a fit run folder or its prompt.npz.")
-@click.option("--run", "run_path", type=click.Path(path_type=Path),
-              help="What a fit run shipped (its classifier.npz: prompt or template, plus a head).")
-@click.option("--split", "split_json", type=click.Path(path_type=Path),
-              help="A CoOp/Dassl split_zhou_<dataset>.json: score its test part; DATA is its image root.")
+@click.option(
+    "--bundle",
+    "bundle_dir",
+    type=click.Path(path_type=Path),
+    help="Bundle directory [$EDGE_TUNE_BUNDLE, else the shipped mini-world bundle].",
+)
+@click.option(
+    "--data",
+    "data_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Labelled images: DATA/<class>/*.jpg.",
+)
+@click.option(
+    "--template",
+    default=DEFAULT_TEMPLATE,
+    show_default=True,
+    help="Zero-shot prompt; {} is replaced by the class name.",
+)
+@click.option(
+    "--prompt",
+    "prompt_path",
+    type=click.Path(path_type=Path),
+    help="A tuned prompt alone instead of the template: a fit run folder or its prompt.npz.",
+)
+@click.option(
+    "--run",
+    "run_path",
+    type=click.Path(path_type=Path),
+    help="What a fit run shipped (its classifier.npz: prompt or template, plus a head).",
+)
+@click.option(
+    "--split",
+    "split_json",
+    type=click.Path(path_type=Path),
+    help="A CoOp/Dassl split_zhou_<dataset>.json: score its test part; DATA is its image root.",
+)
 @click.option("--strict", is_flag=True, help="Fail on unreadable images instead of skipping them.")
-@click.option("--cache-dir", type=click.Path(path_type=Path),
-              help="Image-feature cache [$EDGE_TUNE_CACHE, else ~/.cache/edge-tune].")
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    help="Image-feature cache [$EDGE_TUNE_CACHE, else ~/.cache/edge-tune].",
+)
 @click.option("--provider", default="auto", show_default=True, help="Execution provider.")
 @click.option("--threads", type=click.IntRange(1), help="ORT intra-op threads.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def eval_command(bundle_dir, data_dir, template, prompt_path, run_path, split_json, strict,
-                 cache_dir, provider, threads, as_json) -> None:
+def eval_command(
+    bundle_dir,
+    data_dir,
+    template,
+    prompt_path,
+    run_path,
+    split_json,
+    strict,
+    cache_dir,
+    provider,
+    threads,
+    as_json,
+) -> None:
     """Accuracy of a zero-shot template or a tuned prompt on a folder of labelled images.
 
     \b
@@ -195,63 +314,138 @@ def eval_command(bundle_dir, data_dir, template, prompt_path, run_path, split_js
         dataset = load_shots(data_dir, strict=strict)
     if dataset.report():
         click.echo(dataset.report(), err=True)
-    result = evaluate_dataset(bundle, dataset, template=template, prompt=prompt_path, run=run_path,
-                              cache_dir=cache_dir, provider=provider, threads=threads,
-                              progress=encoding_progress())
+    result = evaluate_dataset(
+        bundle,
+        dataset,
+        template=template,
+        prompt=prompt_path,
+        run=run_path,
+        cache_dir=cache_dir,
+        provider=provider,
+        threads=threads,
+        progress=encoding_progress(),
+    )
     if as_json:
         click.echo(json.dumps(result))
         return
-    what = (f"prompt {result['prompt']}" if "prompt" in result
-            else f"run {result['run']}: {result['shipped']}" if "run" in result
-            else f"template {result['template']!r}")
-    click.echo(f"accuracy {100 * result['accuracy']:.1f}% ({result['correct']}/{result['images']} "
-               f"images, {result['classes']} classes, {what}); "
-               f"mean cross-entropy {result['loss']:.4f}")
+    what = (
+        f"prompt {result['prompt']}"
+        if "prompt" in result
+        else f"run {result['run']}: {result['shipped']}"
+        if "run" in result
+        else f"template {result['template']!r}"
+    )
+    click.echo(
+        f"accuracy {100 * result['accuracy']:.1f}% ({result['correct']}/{result['images']} "
+        f"images, {result['classes']} classes, {what}); "
+        f"mean cross-entropy {result['loss']:.4f}"
+    )
 
 
 # --- fit / predict ----------------------------------------------------------------------------
 
 
 @cli.command()
-@click.option("--data", type=click.Path(path_type=Path),
-              help="Shots folder: DATA/<class>/*.jpg (with --split: the split's image root).")
-@click.option("--split", "split_json", type=click.Path(path_type=Path),
-              help="A CoOp/Dassl split_zhou_<dataset>.json: tune on --shots per class of its train "
-                   "part, drawn as Dassl does (--split-seed), and report on its test part.")
-@click.option("--shots", type=click.IntRange(1), default=16, show_default=True,
-              help="With --split: images per class.")
-@click.option("--split-seed", type=int, default=1, show_default=True,
-              help="With --split: Dassl's seed for drawing the shots.")
-@click.option("--eval", "eval_dir", type=click.Path(path_type=Path),
-              help="Labelled folder to report accuracy on (never used for any choice).")
-@click.option("--bundle", type=click.Path(path_type=Path),
-              help="Bundle directory [$EDGE_TUNE_BUNDLE, else the shipped mini-world bundle].")
-@click.option("--head", type=click.Choice(list(HEAD_CHOICES)),
-              help="Image heads to consider beside the prompt [auto: all of them].")
-@click.option("--tune-for", type=click.Choice(list(TUNE_FOR)),
-              help="Score candidate prompts alone (then blend a head), or through the hybrid [prompt].")
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    help="Shots folder: DATA/<class>/*.jpg (with --split: the split's image root).",
+)
+@click.option(
+    "--split",
+    "split_json",
+    type=click.Path(path_type=Path),
+    help="A CoOp/Dassl split_zhou_<dataset>.json: tune on --shots per class of its train "
+    "part, drawn as Dassl does (--split-seed), and report on its test part.",
+)
+@click.option(
+    "--shots",
+    type=click.IntRange(1),
+    default=16,
+    show_default=True,
+    help="With --split: images per class.",
+)
+@click.option(
+    "--split-seed",
+    type=int,
+    default=1,
+    show_default=True,
+    help="With --split: Dassl's seed for drawing the shots.",
+)
+@click.option(
+    "--eval",
+    "eval_dir",
+    type=click.Path(path_type=Path),
+    help="Labelled folder to report accuracy on (never used for any choice).",
+)
+@click.option(
+    "--bundle",
+    type=click.Path(path_type=Path),
+    help="Bundle directory [$EDGE_TUNE_BUNDLE, else the shipped mini-world bundle].",
+)
+@click.option(
+    "--head",
+    type=click.Choice(list(HEAD_CHOICES)),
+    help="Image heads to consider beside the prompt [auto: all of them].",
+)
+@click.option(
+    "--tune-for",
+    type=click.Choice(list(TUNE_FOR)),
+    help="Score candidate prompts alone (then blend a head), or through the hybrid [prompt].",
+)
 @click.option("--folds", type=click.IntRange(2), help="Cross-validation folds of the shots [4].")
 @click.option("--preset", type=click.Choice(list(PRESETS)), help="Optimiser preset [edge].")
 @click.option("--optimizer", type=click.Choice(list(OPTIMIZERS)), help="Optimiser [sharpzo].")
-@click.option("--budget-queries", type=click.IntRange(1),
-              help=f"Optimiser queries over all folds [{FitConfig.budget_queries}].")
-@click.option("--budget-time",
-              help="Tuning time, e.g. 90s, 20m, 1h30m. Alone it lifts the default "
-                   f"{FitConfig.budget_queries}-query cap "
-                   "(tuning runs until the time is up); with --budget-queries, the first reached stops.")
-@click.option("--seed", type=click.IntRange(0, 2**32 - 1),
-              help="Seed of the folds, optimisers and projection, 0..2^32-1 [0].")
+@click.option(
+    "--budget-queries",
+    type=click.IntRange(1),
+    help=f"Optimiser queries over all folds [{FitConfig.budget_queries}].",
+)
+@click.option(
+    "--budget-time",
+    help="Tuning time, e.g. 90s, 20m, 1h30m. Alone it lifts the default "
+    f"{FitConfig.budget_queries}-query cap "
+    "(tuning runs until the time is up); with --budget-queries, the first reached stops.",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(0, 2**32 - 1),
+    help="Seed of the folds, optimisers and projection, 0..2^32-1 [0].",
+)
 @click.option("--provider", default="auto", show_default=True, help="Execution provider.")
 @click.option("--threads", type=click.IntRange(1), help="ORT intra-op threads.")
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory [runs/<timestamp>].")
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue an interrupted run.")
 @click.option("--checkpoint-every", help="Time between checkpoints [60s].")
-@click.option("--eval-every", type=click.IntRange(1),
-              help="Rounds (a step of every fold) between evaluations [10].")
+@click.option(
+    "--eval-every",
+    type=click.IntRange(1),
+    help="Rounds (a step of every fold) between evaluations [10].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print result.json on stdout.")
-def fit(data, split_json, shots, split_seed, eval_dir, bundle, head, tune_for, folds, preset,
-        optimizer, budget_queries, budget_time, seed, provider, threads, out, resume,
-        checkpoint_every, eval_every, as_json) -> None:
+def fit(
+    data,
+    split_json,
+    shots,
+    split_seed,
+    eval_dir,
+    bundle,
+    head,
+    tune_for,
+    folds,
+    preset,
+    optimizer,
+    budget_queries,
+    budget_time,
+    seed,
+    provider,
+    threads,
+    out,
+    resume,
+    checkpoint_every,
+    eval_every,
+    as_json,
+) -> None:
     """Tune the prompt to your shots with forward passes only, and ship the best classifier the
     shots can prove: zero-shot, an image head, the tuned prompt, or prompt + head.
 
@@ -262,69 +456,120 @@ def fit(data, split_json, shots, split_seed, eval_dir, bundle, head, tune_for, f
       edge-tune fit --resume runs/pets
       edge-tune fit --data ./oxford_pets/images --split split_zhou_OxfordPets.json --shots 16
     """
-    from edge_tune.fit import FitConfig, Tuner, new_run_dir, parse_duration, resolve_bundle
-    from edge_tune.fit import stop_on_signals
+    from edge_tune.fit import (
+        FitConfig,
+        Tuner,
+        new_run_dir,
+        parse_duration,
+        resolve_bundle,
+        stop_on_signals,
+    )
     from edge_tune.report import Progress, budget_line, encoding_progress, format_summary
 
     seconds = parse_duration(budget_time) if budget_time else None
     if split_json is not None:  # the shots and the evaluation set come from the split file
         if data is None:
-            raise click.UsageError("--split needs --data IMAGE_ROOT (the split's paths start there)")
+            raise click.UsageError(
+                "--split needs --data IMAGE_ROOT (the split's paths start there)"
+            )
         if eval_dir is not None:
             raise click.UsageError("--split reports on its own test part; drop --eval")
         from edge_tune.data import load_dassl_split
 
         data, _, eval_dir = load_dassl_split(split_json, data, shots=shots, seed=split_seed)
     if resume is not None:
-        fixed = {"--out": out, "--preset": preset, "--optimizer": optimizer, "--seed": seed,
-                 "--head": head, "--tune-for": tune_for, "--folds": folds,
-                 "--eval-every": eval_every, "--checkpoint-every": checkpoint_every}
+        fixed = {
+            "--out": out,
+            "--preset": preset,
+            "--optimizer": optimizer,
+            "--seed": seed,
+            "--head": head,
+            "--tune-for": tune_for,
+            "--folds": folds,
+            "--eval-every": eval_every,
+            "--checkpoint-every": checkpoint_every,
+        }
         given = [name for name, value in fixed.items() if value is not None]
         if given:
-            raise EdgeTuneError(f"{', '.join(given)} cannot change when resuming", path=resume,
-                                hint="Resume with the run's own settings, or start a new run")
+            raise EdgeTuneError(
+                f"{', '.join(given)} cannot change when resuming",
+                path=resume,
+                hint="Resume with the run's own settings, or start a new run",
+            )
         with _setup_stops_cleanly():
-            tuner = Tuner.resume(resume, bundle=bundle, shots=data, eval_set=eval_dir,
-                                 budget_queries=budget_queries, budget_seconds=seconds,
-                                 provider=provider, threads=threads,
-                                 feature_progress=encoding_progress())
+            tuner = Tuner.resume(
+                resume,
+                bundle=bundle,
+                shots=data,
+                eval_set=eval_dir,
+                budget_queries=budget_queries,
+                budget_seconds=seconds,
+                provider=provider,
+                threads=threads,
+                feature_progress=encoding_progress(),
+            )
         run_dir = resume
     else:
         if data is None:
             raise click.UsageError("--data DIR is required (or --resume RUN)")
         every = parse_duration(checkpoint_every) if checkpoint_every else None
-        chosen = {"optimizer": optimizer, "preset": preset, "seed": seed, "head": head,
-                  "tune_for": tune_for, "folds": folds, "eval_every": eval_every,
-                  "checkpoint_every": every}
+        chosen = {
+            "optimizer": optimizer,
+            "preset": preset,
+            "seed": seed,
+            "head": head,
+            "tune_for": tune_for,
+            "folds": folds,
+            "eval_every": eval_every,
+            "checkpoint_every": every,
+        }
         chosen = {key: value for key, value in chosen.items() if value is not None}
         if budget_queries is not None or seconds is not None:  # else FitConfig's default budget
             chosen.update(budget_queries=budget_queries, budget_seconds=seconds)
         run_dir = out if out is not None else new_run_dir()
         with _setup_stops_cleanly():
-            tuner = Tuner(resolve_bundle(bundle), data, eval_set=eval_dir,
-                          config=FitConfig(**chosen), run_dir=run_dir, provider=provider,
-                          threads=threads, feature_progress=encoding_progress())
+            tuner = Tuner(
+                resolve_bundle(bundle),
+                data,
+                eval_set=eval_dir,
+                config=FitConfig(**chosen),
+                run_dir=run_dir,
+                provider=provider,
+                threads=threads,
+                feature_progress=encoding_progress(),
+            )
     for dataset in tuner.datasets.values():
         if dataset is not None and dataset.report():
             click.echo(dataset.report(), err=True)
     budget = tuner.budget
-    click.echo(budget_line(budget.queries, budget.seconds,
-                           default_queries=FitConfig.budget_queries), err=True)
+    click.echo(
+        budget_line(budget.queries, budget.seconds, default_queries=FitConfig.budget_queries),
+        err=True,
+    )
     progress = Progress(budget_queries=budget.queries, budget_seconds=budget.seconds)
 
     def show(tuner, info) -> None:
         s = tuner.state
-        progress.update(queries=s.queries, stage=s.stage, loss=s.train_loss,
-                        train_accuracy=s.train_accuracy, val_accuracy=s.val_accuracy,
-                        queries_per_second=s.queries / max(s.seconds, 1e-9), elapsed=s.seconds)
+        progress.update(
+            queries=s.queries,
+            stage=s.stage,
+            loss=s.train_loss,
+            train_accuracy=s.train_accuracy,
+            val_accuracy=s.val_accuracy,
+            queries_per_second=s.queries / max(s.seconds, 1e-9),
+            elapsed=s.seconds,
+        )
 
     newline = "\n" if progress.enabled else ""
     with stop_on_signals(tuner, notify=lambda text: click.echo(newline + text, err=True)) as caught:
         tuner.run(callback=show)
     progress.close()
     if caught:
-        click.echo(f"Stopped after {tuner.state.queries} queries; checkpoint saved in {run_dir}. "
-                   f"Continue with: edge-tune fit --resume {run_dir}", err=True)
+        click.echo(
+            f"Stopped after {tuner.state.queries} queries; checkpoint saved in {run_dir}. "
+            f"Continue with: edge-tune fit --resume {run_dir}",
+            err=True,
+        )
         sys.exit(128 + caught[0])
     result = tuner.finish()
     click.echo(json.dumps(result) if as_json else format_summary(result, run_dir))
@@ -334,6 +579,7 @@ def fit(data, split_json, shots, split_seed, eval_dir, bundle, head, tune_for, f
 def _setup_stops_cleanly():
     """Ctrl-C or SIGTERM while fit encodes images (before its first checkpoint): one line that
     says what to do, exit 128 + signal. The features encoded so far are in the cache already."""
+
     def terminate(signum, frame):
         raise KeyboardInterrupt(signum)
 
@@ -342,8 +588,11 @@ def _setup_stops_cleanly():
         yield
     except KeyboardInterrupt as stop:
         signum = stop.args[0] if stop.args else signal.SIGINT
-        click.echo(f"\nStopped before tuning began ({signal.Signals(signum).name}); the images "
-                   "encoded so far are cached: run the same command again to go on.", err=True)
+        click.echo(
+            f"\nStopped before tuning began ({signal.Signals(signum).name}); the images "
+            "encoded so far are cached: run the same command again to go on.",
+            err=True,
+        )
         sys.exit(128 + signum)
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -353,8 +602,11 @@ def _setup_stops_cleanly():
 @click.argument("run", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--top-k", type=click.IntRange(1), default=3, show_default=True)
-@click.option("--bundle", type=click.Path(path_type=Path),
-              help="Bundle the run was tuned with [the one recorded in RUN/result.json].")
+@click.option(
+    "--bundle",
+    type=click.Path(path_type=Path),
+    help="Bundle the run was tuned with [the one recorded in RUN/result.json].",
+)
 @click.option("--provider", default="auto", show_default=True, help="Execution provider.")
 @click.option("--threads", type=click.IntRange(1), help="ORT intra-op threads.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
@@ -374,12 +626,20 @@ def predict(run, images, top_k, bundle, provider, threads, as_json) -> None:
     for path, reason in skipped:
         click.echo(f"skipped {path}: {reason}", err=True)
     if not predictions:
-        raise DataError("no images to classify among the given paths",
-                        hint="Pass image files (jpg, png, webp, bmp) or folders holding them")
+        raise DataError(
+            "no images to classify among the given paths",
+            hint="Pass image files (jpg, png, webp, bmp) or folders holding them",
+        )
     if as_json:
-        rows = [{"image": p.source, "label": p.label, "probability": p.probability,
-                 "top_k": [{"label": name, "probability": prob} for name, prob in p.top_k]}
-                for p in predictions]
+        rows = [
+            {
+                "image": p.source,
+                "label": p.label,
+                "probability": p.probability,
+                "top_k": [{"label": name, "probability": prob} for name, prob in p.top_k],
+            }
+            for p in predictions
+        ]
         skipped_rows = [{"image": path, "reason": why} for path, why in skipped]
         click.echo(json.dumps({"predictions": rows, "skipped": skipped_rows}))
         return
@@ -389,13 +649,12 @@ def predict(run, images, top_k, bundle, provider, threads, as_json) -> None:
         click.echo(f"{p.source}: {p.label} ({100 * p.probability:.1f}%)   {top}")
 
 
-
 # --- bench ------------------------------------------------------------------------------------
 
 
 # The group lives with the benchmarks (edge_tune_bench, folder bench/); importing it loads click
 # and the accuracy grid's names only, each command its benchmark (and onnx) when it runs.
-from edge_tune_bench.cli import bench
+from edge_tune_bench.cli import bench  # noqa: E402
 
 cli.add_command(bench)
 

@@ -115,8 +115,9 @@ def load_shots(root: str | Path, *, strict: bool = False) -> Dataset:
                 hint=f"Add {', '.join(IMAGE_EXTENSIONS)} photos or remove the folder",
             )
     notes = _linked_class_folders(folders, names) + _identical_across_classes(samples, names)
-    return Dataset(classnames=names, samples=samples, root=root, skipped=tuple(skipped),
-                   notes=tuple(notes))
+    return Dataset(
+        classnames=names, samples=samples, root=root, skipped=tuple(skipped), notes=tuple(notes)
+    )
 
 
 def _linked_class_folders(folders: list[Path], names: list[str]) -> list[str]:
@@ -126,8 +127,10 @@ def _linked_class_folders(folders: list[Path], names: list[str]) -> list[str]:
     for folder, name in zip(folders, names):
         real = folder.resolve()
         if real in seen:
-            notes.append(f"warning: class {name!r} is the same folder as {seen[real]!r} (a link); "
-                         "both hold the same photos")
+            notes.append(
+                f"warning: class {name!r} is the same folder as {seen[real]!r} (a link); "
+                "both hold the same photos"
+            )
         seen.setdefault(real, name)
     return notes
 

@@ -54,7 +54,9 @@ def chunk_plan(total_rows: int, max_rows: int) -> tuple[int, int]:
 def pad_rows(array: np.ndarray, size: int) -> np.ndarray:
     """`array` with copies of its last row appended up to `size` rows (a fixed run shape)."""
     missing = size - len(array)
-    return array if missing <= 0 else np.concatenate([array, np.repeat(array[-1:], missing, axis=0)])
+    return (
+        array if missing <= 0 else np.concatenate([array, np.repeat(array[-1:], missing, axis=0)])
+    )
 
 
 class _Encoder:
@@ -145,7 +147,9 @@ class SharedPrefixEncoder(_Encoder):
             blocks.append(np.concatenate(per_class, axis=1))
         return np.concatenate(blocks).astype(np.float32, copy=False)
 
-    def _suffix_block(self, candidates: int, first: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    def _suffix_block(
+        self, candidates: int, first: int, size: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(f32[c, size, S, D], i64[c, size]) for classes first.. (padded with the last class),
         repeated for c candidates; built once per shape and reused (the same every call)."""
         key = (candidates, first, size)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -72,19 +72,36 @@ class FeatureExtractor:
         self._settings_hash = hashlib.sha256(settings.encode()).hexdigest()[:16]
         self._width = int(bundle.projection_dim)
 
-    def encode_paths(self, paths: list[Path], *, progress: Progress | None = None) -> np.ndarray:
-        """f32[N, P] L2-normalised features, row i for paths[i]; misses run in bounded batches."""
+    def encode_paths(
+        self,
+        paths: list[Path],
+        *,
+        progress: Progress | None = None,
+        digests: list[str] | None = None,
+    ) -> np.ndarray:
+        """f32[N, P] L2-normalised features, row i for paths[i]; misses run in bounded batches.
+
+        `digests` (each file's sha256, from `file_digest`) spares reading the files that are in
+        the cache: a resumed fit then reads each image once, to hash it."""
         features = np.empty((len(paths), self._width), dtype=np.float32)
         missing: dict[str, list[int]] = {}
         contents: dict[str, tuple[Path, bytes]] = {}
         for i, path in enumerate(paths):
-            data = _read_bytes(Path(path))
-            digest = hashlib.sha256(data).hexdigest()
+            data = None if digests is not None else _read_bytes(Path(path))
+            digest = digests[i] if digests is not None else hashlib.sha256(data).hexdigest()
             cached = self._load(digest) if self.use_cache else None
             if cached is not None:
                 features[i] = cached
                 self.cache_hits += 1
                 continue
+            if data is None:
+                data = _read_bytes(Path(path))
+                if hashlib.sha256(data).hexdigest() != digest:
+                    raise DataError(
+                        "the image changed while the run was reading it",
+                        path=path,
+                        hint="Leave the photos alone while fit runs, then run it again",
+                    )
             missing.setdefault(digest, []).append(i)
             contents.setdefault(digest, (Path(path), data))
         todo = list(missing)
@@ -114,13 +131,19 @@ class FeatureExtractor:
             self._session = self.bundle.image_session(self.provider, self.threads)
         self.image_graph_runs += 1
         out = np.asarray(self._session.run({"pixel_values": pixels}), dtype=np.float32)
-        if out.shape != (len(pixels), self._width) or not np.all(np.isfinite(out)):
+        if out.shape != (len(pixels), self._width):
             raise DataError(
-                f"image graph returned {list(out.shape)} "
-                f"(finite: {bool(np.all(np.isfinite(out)))}), "
-                f"expected [{len(pixels)}, {self._width}]",
+                f"image graph returned features of shape {list(out.shape)}, expected "
+                f"[{len(pixels)}, {self._width}]",
                 path=self.bundle.path,
                 hint="Re-export the bundle",
+            )
+        if not np.all(np.isfinite(out)):
+            bad = int(np.sum(~np.all(np.isfinite(out), axis=1)))
+            raise DataError(
+                f"image graph returned non-finite features for {bad} of {len(pixels)} images",
+                path=self.bundle.path,
+                hint="Re-export the bundle (an fp16 graph can overflow: export it in fp32)",
             )
         return out
 
@@ -159,18 +182,27 @@ def image_features(
     threads: int | None = None,
     progress: Progress | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    digests: list[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(f32[N, P] features, i64[N] labels) for a `Dataset`, through the cache."""
     extractor = FeatureExtractor(
         bundle, cache_dir=cache_dir, provider=provider, threads=threads, batch_size=batch_size
     )
-    features = extractor.encode_paths([s.path for s in dataset.samples], progress=progress)
+    paths = [s.path for s in dataset.samples]
+    features = extractor.encode_paths(paths, progress=progress, digests=digests)
     return features, dataset.labels
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes: the feature cache's key and the run's data hash are made of it."""
+    return hashlib.sha256(_read_bytes(Path(path))).hexdigest()
 
 
 def write_npy_atomic(path: Path, array: np.ndarray) -> None:
     """Write `.npy` all or nothing (`edge_tune.atomic`), never pickled."""
-    atomic_write(path, lambda stream: np.save(stream, np.ascontiguousarray(array), allow_pickle=False))
+    atomic_write(
+        path, lambda stream: np.save(stream, np.ascontiguousarray(array), allow_pickle=False)
+    )
 
 
 def _read_bytes(path: Path) -> bytes:

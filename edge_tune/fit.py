@@ -24,29 +24,25 @@ ensemble) and prompt + head on the same folds and ships the best (`edge_tune.sel
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
 import os
 import re
 import signal
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
-from edge_tune import rundir, select
+from edge_tune import fitsetup, rundir, select
 from edge_tune.atomic import atomic_write_json
 from edge_tune.blas import loop_blas_threads
 from edge_tune.checkpoint import checkpoint_dir, read_checkpoint, write_checkpoint
-from edge_tune.errors import CheckpointError, DataError, EdgeTuneError
+from edge_tune.errors import CheckpointError, EdgeTuneError
 from edge_tune.heads import HEAD_NAMES, apply_head, fit_head
-from edge_tune.encoders import text_encoder
 from edge_tune.memory import peak_rss_mib
-from edge_tune.objective import PromptObjective, ensemble, score
+from edge_tune.objective import ensemble, score
 from edge_tune.prompts import DEFAULT_INIT
 from edge_tune.report import MetricsLog, draw_curve, read_metrics
 
@@ -66,7 +62,9 @@ class FitConfig:
     preset: str = "edge"
     seed: int = 0
     budget_queries: int | None = 2000  # optimiser queries over all folds; None: no cap
-    budget_seconds: float | None = None  # seconds of tuning (feature caching excluded); None: no cap
+    budget_seconds: float | None = (
+        None  # seconds of tuning (feature caching excluded); None: no cap
+    )
     folds: int = select.DEFAULT_FOLDS  # cross-validation folds of the shots (fewer if few images)
     head: str = "auto"  # the image heads to consider: auto (all), none, or one of HEAD_NAMES
     # Score candidate prompts alone ("prompt", then blend a head on) or through the hybrid they
@@ -86,10 +84,12 @@ class FitConfig:
         from edge_tune.optim import OPTIMIZERS
 
         problems = []
-        for name, value, allowed in (("optimizer", self.optimizer, OPTIMIZERS),
-                                     ("preset", self.preset, PRESETS),
-                                     ("head", self.head, HEAD_CHOICES),
-                                     ("tune_for", self.tune_for, TUNE_FOR)):
+        for name, value, allowed in (
+            ("optimizer", self.optimizer, OPTIMIZERS),
+            ("preset", self.preset, PRESETS),
+            ("head", self.head, HEAD_CHOICES),
+            ("tune_for", self.tune_for, TUNE_FOR),
+        ):
             if value not in allowed:
                 problems.append(f"{name} {value!r} is not one of {', '.join(allowed)}")
         if self.budget_queries is not None and self.budget_queries < 1:
@@ -135,8 +135,12 @@ class RunState:
     last_eval: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name, value in (("fold_queries", 0), ("fold_steps", 0), ("stages", "start"),
-                            ("pending_val", None)):
+        for name, value in (
+            ("fold_queries", 0),
+            ("fold_steps", 0),
+            ("stages", "start"),
+            ("pending_val", None),
+        ):
             if not getattr(self, name):
                 setattr(self, name, [value] * self.folds)
 
@@ -213,38 +217,6 @@ def new_run_dir(base: str | Path = "runs") -> Path:
     return path
 
 
-def dataset_hash(dataset) -> str:
-    """sha256 over class names and every sample's relative path, label and file content."""
-    digest = hashlib.sha256()
-    digest.update(json.dumps(list(dataset.classnames)).encode())
-    root = Path(dataset.root)
-    for sample in dataset.samples:
-        path = Path(sample.path)
-        try:
-            name = path.relative_to(root).as_posix()
-        except ValueError:
-            name = path.name
-        digest.update(f"\n{name}\t{int(sample.label)}\t".encode())
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()
-
-
-def return_free_memory() -> None:
-    """Give freed heap pages back to the OS (glibc `malloc_trim`); a no-op elsewhere.
-
-    glibc keeps freed small blocks (the tokenizer's, the image session's) in its arenas, so RSS
-    stays at the high-water mark of setup unless they are trimmed.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    try:
-        ctypes.CDLL(None).malloc_trim(0)  # the symbols already loaded: libc's among them
-    except (OSError, AttributeError):  # musl or another libc without malloc_trim
-        pass
-
-
 def fold_seed(seed: int, fold: int) -> int:
     """The optimiser seed of fold `fold`: distinct per fold, a pure function of (seed, fold)."""
     return int(np.random.SeedSequence([int(seed), int(fold)]).generate_state(1)[0])
@@ -292,89 +264,36 @@ class Tuner:
         feature_progress=None,
         _expect: dict | None = None,  # Tuner.resume: the hashes the run was made with
     ):
-        from edge_tune.bundle import Bundle, open_bundle
-        from edge_tune.data import load_eval, load_shots
-        from edge_tune.features import image_features
         from edge_tune.optim import make_optimizer
-        from edge_tune.prompts import PromptSpace
 
         self.config = config = config if config is not None else FitConfig()
         self.budget = Budget(config.budget_queries, config.budget_seconds)
-        self.bundle = bundle if isinstance(bundle, Bundle) else open_bundle(bundle)
-        shots = shots if hasattr(shots, "samples") else load_shots(shots)
-        if len(shots.classnames) < 2:  # load_shots refuses this too; a hand-made Dataset may not
-            raise DataError(
-                f"only {len(shots.classnames)} class(es); a classifier needs at least 2",
-                path=shots.root,
-                hint="Add a folder of photos for each other class",
-            )
-        single = [name for name, n in zip(shots.classnames, shots.counts()) if n < 2]
-        if single:  # such a class has no second photo for a fold to validate a head or prompt on
-            note = (f"{len(single)} class(es) with one photo ({', '.join(map(repr, single[:3]))}"
-                    f"{', ...' if len(single) > 3 else ''}): cross-validation cannot see what a "
-                    "head or a tuned prompt gains for them, so fit leans to zero-shot; add a "
-                    "second photo")
-            shots = replace(shots, notes=(*shots.notes, note))
-        if eval_set is not None and not hasattr(eval_set, "samples"):
-            eval_set = load_eval(eval_set, shots)
-        elif eval_set is not None and list(eval_set.classnames) != list(shots.classnames):
-            raise DataError(
-                "evaluation classes differ from the training classes",
-                path=eval_set.root,
-                hint="Use the same class folders for both",
-            )
-        self.hashes = {
-            "bundle_hash": self.bundle.bundle_hash,
-            "data_hash": dataset_hash(shots),
-            "eval_hash": None if eval_set is None else dataset_hash(eval_set),
-        }
-        if _expect is not None:  # before any image is encoded or any file written
-            for key, what in (("bundle_hash", "another bundle"), ("data_hash", "other data"),
-                              ("eval_hash", "other evaluation data")):
-                _refuse_if_changed(_expect["run_dir"], what, self.hashes[key], _expect[key])
-        self.sources = {
-            "bundle": str(Path(self.bundle.path).resolve()),
-            "data": str(Path(shots.root).resolve()),
-            "eval": None if eval_set is None else str(Path(eval_set.root).resolve()),
-        }
-        self.datasets = {"shots": shots, "eval": eval_set}  # for the CLI to report skipped files
-        self.classnames = list(shots.classnames)
+        inputs = fitsetup.read_inputs(bundle, shots, eval_set)  # hashed, nothing encoded yet
+        if _expect is not None:
+            for key, what in (
+                ("bundle_hash", "another bundle"),
+                ("data_hash", "other data"),
+                ("eval_hash", "other evaluation data"),
+            ):
+                _refuse_if_changed(_expect["run_dir"], what, inputs.hashes[key], _expect[key])
         self._lock: rundir.RunLock | None = None
-        if run_dir is not None:  # before any image is encoded: a bad --out fails at once
+        if run_dir is not None:  # a bad --out fails before any image is encoded
             run_dir = Path(run_dir)
-            rundir.check_outside(run_dir, [Path(d.root) for d in (shots, eval_set) if d is not None])
+            roots = [Path(d.root) for d in inputs.datasets.values() if d is not None]
+            rundir.check_outside(run_dir, roots)
             self._lock = rundir.claim_fresh(run_dir, has_checkpoint=_has_checkpoint(run_dir))
-
-        # Image features once (from the on-disk cache when possible); the image session is not kept.
-        def features(dataset):
-            X, y = image_features(self.bundle, dataset, cache_dir=cache_dir, provider=provider,
-                                  threads=threads, progress=feature_progress)
-            return X.astype(np.float64), y
-
-        self.X, self.y = features(shots)
-        self.eval_xy = features(eval_set) if eval_set is not None else None
-        k = select.fold_count(len(self.y), config.folds)
-        self.folds = select.stratified_folds(self.y, k, config.seed)
-
-        # The prompt space and one text encoder for every fold's objective.
-        self.space = PromptSpace.build(
-            self.bundle, self.classnames, init=config.init, dim=config.prompt_dim,
-            projection_std=config.projection_std, seed=config.seed,
-            parameterisation=config.parameterisation,
-        )
-        # The loop needs neither the tokenizer nor the image session's freed heap: hand both back
-        # before the text session grows its own (bench memory: the fit's peak is the loop's).
-        self.bundle.release_tokenizer()
-        return_free_memory()
-        self.encoder = text_encoder(self.bundle, self.space, provider=provider, threads=threads)
-        self.scale = float(self.bundle.logit_scale)
-        self.scorer = PromptObjective(self.encoder, self.X, self.y, logit_scale=self.scale)
-
-        self._fit_cheap_heads()
-        self._build_fold_objectives()
+        self.setup = fitsetup.prepare(
+            inputs, config, provider=provider, threads=threads, cache_dir=cache_dir,
+            feature_progress=feature_progress,
+        )  # fmt: skip
+        k = len(self.objectives)
         self.optimizers = [
-            make_optimizer(config.optimizer, self.space.dim, preset=config.preset,
-                           seed=fold_seed(config.seed, fold))
+            make_optimizer(
+                config.optimizer,
+                self.space.dim,
+                preset=config.preset,
+                seed=fold_seed(config.seed, fold),
+            )
             for fold in range(k)
         ]
         self.opt_states = [opt.init(np.zeros(self.space.dim)) for opt in self.optimizers]
@@ -390,41 +309,12 @@ class Tuner:
         if run_dir is not None:
             self.attach(run_dir)
 
-    def _fit_cheap_heads(self) -> None:
-        """Zero-shot (w = 0, the template prompt) and every head of the config, scored out of fold;
-        the blend the prompts are tuned under when `tune_for="hybrid"`."""
-        K = len(self.classnames)
-        self.zero_shot_features = self.scorer.class_features(np.zeros(self.space.dim))
-        zero_logits = self.scale * self.X @ self.zero_shot_features.astype(np.float64).T
-        self.cheap = [select.text_alone("zero-shot", zero_logits, self.y)]
-        self.head_logits: dict[str, np.ndarray] = {}  # out-of-fold, at the chosen hyper-parameters
-        for name in self.config.heads:
-            alone, blend, logits = select.tune_head(name, self.X, self.y, K, self.folds,
-                                                    "zero-shot", zero_logits)
-            self.cheap += [alone, blend]
-            self.head_logits[name] = logits
-        blends = [b for b in self.cheap if b.text and b.head]
-        self.tuning_blend = (select.choose(blends) if blends and self.config.tune_for == "hybrid"
-                             else None)
-        self.offset_weight = (0.0 if self.tuning_blend is None
-                              else select.tuning_offset_weight(self.tuning_blend))
-
-    def _build_fold_objectives(self) -> None:
-        """One objective per fold on its training folds (through the hybrid when tuned for it),
-        and the head offsets its held-out fold is scored with."""
-        self.objectives, self.val_offsets = [], []
-        for fold in range(len(np.unique(self.folds))):
-            train = self.folds != fold
-            offset = val_offset = None
-            if self.offset_weight:
-                head, hyper = self.tuning_blend.head, self.tuning_blend.hyper
-                nested = select.out_of_fold_head(head, hyper, self.X, self.y,
-                                                 len(self.classnames), self.folds, skip=fold)
-                offset = self.offset_weight * nested[train]
-                val_offset = self.offset_weight * self.head_logits[head][~train]
-            self.objectives.append(PromptObjective(self.encoder, self.X[train], self.y[train],
-                                                   logit_scale=self.scale, offset=offset))
-            self.val_offsets.append(val_offset)
+    def __getattr__(self, name: str):
+        """The setup's fields read as the tuner's own (`tuner.X`, `tuner.space`, `tuner.bundle`)."""
+        setup = self.__dict__.get("setup")
+        if setup is not None and name in fitsetup.Setup.__dataclass_fields__:
+            return getattr(setup, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -449,8 +339,10 @@ class Tuner:
                 self._check_time_budget_fits_a_step()
                 if callback is not None and callback(self, info) is False:
                     break
-                if (self.run_dir is not None
-                        and time.monotonic() - last_checkpoint >= self.config.checkpoint_every):
+                if (
+                    self.run_dir is not None
+                    and time.monotonic() - last_checkpoint >= self.config.checkpoint_every
+                ):
                     self.save()
                     last_checkpoint = time.monotonic()
         if self.run_dir is not None:
@@ -506,8 +398,7 @@ class Tuner:
         rs, seconds = self.run_state, self.budget.seconds
         if seconds is not None and rs.step == 1 and rs.seconds > seconds:
             raise EdgeTuneError(
-                f"the time budget ({seconds:g}s) is shorter than one step "
-                f"({rs.seconds:.1f}s here)",
+                f"the time budget ({seconds:g}s) is shorter than one step ({rs.seconds:.1f}s here)",
                 hint=f"Give --budget-time of at least {math.ceil(rs.seconds * 10)}s",
             )
 
@@ -515,8 +406,12 @@ class Tuner:
 
     def fold_params(self) -> np.ndarray:
         """f64[k, d]: each fold's current prompt vector."""
-        return np.stack([np.asarray(opt.params(state), dtype=np.float64)
-                         for opt, state in zip(self.optimizers, self.opt_states)])
+        return np.stack(
+            [
+                np.asarray(opt.params(state), dtype=np.float64)
+                for opt, state in zip(self.optimizers, self.opt_states)
+            ]
+        )
 
     def _fold_text(self) -> list[np.ndarray]:
         """f64[K, P] class features of each fold's current prompt (k evaluation queries, none when
@@ -535,8 +430,9 @@ class Tuner:
         prompt_logits = self._out_of_fold_text_logits(texts)
         train_loss, train_acc, correct = [], [], 0.0
         for fold, (text, objective) in enumerate(zip(texts, self.objectives)):
-            loss, acc = score(objective.features, objective.labels, text, self.scale,
-                              offset=objective.offset)
+            loss, acc = score(
+                objective.features, objective.labels, text, self.scale, offset=objective.offset
+            )
             train_loss.append(float(loss[0]))
             train_acc.append(float(acc[0]))
             held = self.folds == fold
@@ -547,10 +443,15 @@ class Tuner:
             rs.pending_val[fold] = float(np.mean(right))
             correct += float(np.sum(right))
         record = {
-            "step": rs.step, "queries": rs.queries, "eval_queries": rs.eval_queries,
-            "seconds": round(rs.seconds, 3), "stage": self.stage,
-            "train_loss": float(np.mean(train_loss)), "train_accuracy": float(np.mean(train_acc)),
-            "val_accuracy": correct / len(self.y), "eval_accuracy": self._eval_report(texts),
+            "step": rs.step,
+            "queries": rs.queries,
+            "eval_queries": rs.eval_queries,
+            "seconds": round(rs.seconds, 3),
+            "stage": self.stage,
+            "train_loss": float(np.mean(train_loss)),
+            "train_accuracy": float(np.mean(train_acc)),
+            "val_accuracy": correct / len(self.y),
+            "eval_accuracy": self._eval_report(texts),
         }
         rs.last_eval = record
         self.history.append(record)
@@ -575,7 +476,8 @@ class Tuner:
         if self.offset_weight:
             blend = self.tuning_blend
             logits = logits + self.offset_weight * apply_head(
-                blend.head, self._full_head(blend.head, blend.hyper), X)
+                blend.head, self._full_head(blend.head, blend.hyper), X
+            )
         return float(np.mean(np.argmax(logits, axis=1) == y))
 
     def _full_head(self, name: str, hyper: dict) -> dict:
@@ -595,11 +497,17 @@ class Tuner:
     def state(self) -> FitState:
         rs, last = self.run_state, self.run_state.last_eval
         return FitState(
-            step=rs.step, queries=rs.queries, eval_queries=rs.eval_queries, seconds=rs.seconds,
-            stage=self.stage, train_loss=last.get("train_loss"),
-            train_accuracy=last.get("train_accuracy"), val_accuracy=last.get("val_accuracy"),
+            step=rs.step,
+            queries=rs.queries,
+            eval_queries=rs.eval_queries,
+            seconds=rs.seconds,
+            stage=self.stage,
+            train_loss=last.get("train_loss"),
+            train_accuracy=last.get("train_accuracy"),
+            val_accuracy=last.get("val_accuracy"),
             eval_accuracy=last.get("eval_accuracy"),
-            zero_shot_accuracy=self.cheap[0].cv_accuracy, finished=rs.finished,
+            zero_shot_accuracy=self.cheap[0].cv_accuracy,
+            finished=rs.finished,
         )
 
     # -- run directory: checkpoints ------------------------------------------------------------
@@ -609,8 +517,11 @@ class Tuner:
         run_dir = Path(run_dir)
         fresh = metrics_offset is None
         if self._lock is None:  # marked as edge-tune's and locked (rundir), or refused untouched
-            self._lock = (rundir.claim_fresh(run_dir, has_checkpoint=_has_checkpoint(run_dir))
-                          if fresh else rundir.RunLock(run_dir))
+            self._lock = (
+                rundir.claim_fresh(run_dir, has_checkpoint=_has_checkpoint(run_dir))
+                if fresh
+                else rundir.RunLock(run_dir)
+            )
         self.run_dir = run_dir
         self.metrics = MetricsLog(run_dir / "metrics.jsonl", offset=metrics_offset)
         if fresh:
@@ -629,8 +540,9 @@ class Tuner:
         record = {
             "run_state": self.run_state.to_record(),
             "config": asdict(self.config),
-            "optimizers": [{"name": opt.name, "config": asdict(opt.config)}
-                           for opt in self.optimizers],
+            "optimizers": [
+                {"name": opt.name, "config": asdict(opt.config)} for opt in self.optimizers
+            ],
             "budget": asdict(self.budget),
             **self.hashes,
             "sources": self.sources,
@@ -638,8 +550,13 @@ class Tuner:
         }
         if self.metrics is not None:
             self.metrics.sync()
-        return write_checkpoint(self.run_dir, step=self.run_state.step, record=record, arrays={},
-                                optimizer_states=self.opt_states)
+        return write_checkpoint(
+            self.run_dir,
+            step=self.run_state.step,
+            record=record,
+            arrays={},
+            optimizer_states=self.opt_states,
+        )
 
     @classmethod
     def resume(
@@ -682,22 +599,32 @@ class Tuner:
             tuner = cls(
                 bundle if bundle is not None else sources["bundle"],
                 shots if shots is not None else sources["data"],
-                eval_set=eval_set, config=FitConfig(**record["config"]), provider=provider,
-                threads=threads, cache_dir=cache_dir, feature_progress=feature_progress,
-                _expect={**{key: record[key] for key in ("bundle_hash", "data_hash", "eval_hash")},
-                         "run_dir": run_dir},
+                eval_set=eval_set,
+                config=FitConfig(**record["config"]),
+                provider=provider,
+                threads=threads,
+                cache_dir=cache_dir,
+                feature_progress=feature_progress,
+                _expect={
+                    **{key: record[key] for key in ("bundle_hash", "data_hash", "eval_hash")},
+                    "run_dir": run_dir,
+                },
             )
         except BaseException:
             lock.release()
             raise
         tuner._lock = lock
-        tuner.optimizers = [optimizer_from_config(o["name"], tuner.space.dim, o["config"])
-                            for o in record["optimizers"]]
+        tuner.optimizers = [
+            optimizer_from_config(o["name"], tuner.space.dim, o["config"])
+            for o in record["optimizers"]
+        ]
         tuner.opt_states = list(checkpoint.optimizer_states)
         tuner.run_state = RunState.from_record(record["run_state"])
         saved = Budget(**record["budget"])
-        tuner.budget = Budget(budget_queries if budget_queries is not None else saved.queries,
-                              budget_seconds if budget_seconds is not None else saved.seconds)
+        tuner.budget = Budget(
+            budget_queries if budget_queries is not None else saved.queries,
+            budget_seconds if budget_seconds is not None else saved.seconds,
+        )
         tuner.attach(run_dir, metrics_offset=int(record["metrics_offset"]))
         return tuner
 
@@ -711,8 +638,16 @@ class Tuner:
         tuned = [select.text_alone("prompt", prompt_logits, self.y)]
         for blend in self.cheap:
             if blend.text and blend.head:
-                tuned.append(select.best_mix("prompt", blend.head, blend.hyper, prompt_logits,
-                                             self.head_logits[blend.head], self.y))
+                tuned.append(
+                    select.best_mix(
+                        "prompt",
+                        blend.head,
+                        blend.hyper,
+                        prompt_logits,
+                        self.head_logits[blend.head],
+                        self.y,
+                    )
+                )
         return self.cheap + tuned, ensemble(texts)
 
     def classifier(self, blend: select.Blend | None = None, prompt_features=None):
@@ -761,18 +696,26 @@ class Tuner:
         by_name = {row["name"]: row for row in rows}
         measure = "eval_accuracy" if self.eval_xy is not None else "cv_accuracy"
         cheap_names = [b.name for b in self.cheap[1:]]
-        best_cheap = min((by_name[n] for n in cheap_names), key=lambda r: r["cv_loss"],
-                         default=None)
+        best_cheap = min(
+            (by_name[n] for n in cheap_names), key=lambda r: r["cv_loss"], default=None
+        )
         result = {
             "format": "edge-tune-run",
             "format_version": RESULT_FORMAT,
-            "bundle": {"path": self.sources["bundle"], "hash": self.bundle.bundle_hash,
-                       "provider": getattr(self.encoder.session, "report", "")},
-            "data": {"shots": self.sources["data"], "eval": self.sources["eval"],
-                     "hash": self.hashes["data_hash"], "eval_hash": self.hashes["eval_hash"],
-                     "train_images": len(self.y),
-                     "eval_images": 0 if self.eval_xy is None else len(self.eval_xy[1]),
-                     "folds": rs.folds},
+            "bundle": {
+                "path": self.sources["bundle"],
+                "hash": self.bundle.bundle_hash,
+                "provider": getattr(self.encoder.session, "report", ""),
+            },
+            "data": {
+                "shots": self.sources["data"],
+                "eval": self.sources["eval"],
+                "hash": self.hashes["data_hash"],
+                "eval_hash": self.hashes["eval_hash"],
+                "train_images": len(self.y),
+                "eval_images": 0 if self.eval_xy is None else len(self.eval_xy[1]),
+                "folds": rs.folds,
+            },
             "classnames": self.classnames,
             "config": asdict(self.config),
             "optimizers": [asdict(opt.config) for opt in self.optimizers],  # one per fold
@@ -792,9 +735,14 @@ class Tuner:
             "peak_rss_mb": round(peak_rss_mib(), 1),  # MiB (the name predates the unit)
         }
         if self.run_dir is not None:
-            save_prompt(self.run_dir / "prompt.npz", self.space, self.fold_params(),
-                        bundle_hash=self.bundle.bundle_hash,
-                        optimizer=self.config.optimizer, preset=self.config.preset)
+            save_prompt(
+                self.run_dir / "prompt.npz",
+                self.space,
+                self.fold_params(),
+                bundle_hash=self.bundle.bundle_hash,
+                optimizer=self.config.optimizer,
+                preset=self.config.preset,
+            )
             classifier.save(self.run_dir / "classifier.npz")
             draw_curve(
                 self.history,

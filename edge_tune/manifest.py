@@ -41,20 +41,30 @@ def parse_manifest(raw: bytes, path: Path) -> dict:
     try:
         manifest = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as err:
-        raise BundleError(f"manifest.json is not valid JSON ({err})", path=path, hint=REEXPORT) from None
+        raise BundleError(
+            f"manifest.json is not valid JSON ({err})", path=path, hint=REEXPORT
+        ) from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise BundleError(f"not an edge-tune bundle manifest (format is not {FORMAT!r})", path=path,
-                          hint=NOT_A_BUNDLE)
+        raise BundleError(
+            f"not an edge-tune bundle manifest (format is not {FORMAT!r})",
+            path=path,
+            hint=NOT_A_BUNDLE,
+        )
     version = manifest.get("format_version")
     if not _is_int(version) or version < 1:
         raise BundleError(f"invalid format_version {version!r}", path=path, hint=REEXPORT)
     if version > FORMAT_VERSION:
-        raise BundleError(f"bundle format_version {version} is newer than this edge-tune reads "
-                          f"({FORMAT_VERSION})", path=path,
-                          hint="upgrade edge-tune on this device (pip install -U edge-tune)")
+        raise BundleError(
+            f"bundle format_version {version} is newer than this edge-tune reads "
+            f"({FORMAT_VERSION})",
+            path=path,
+            hint="upgrade edge-tune on this device (pip install -U edge-tune)",
+        )
     for key in ("model", "dims", "tokens", "preprocess", "graphs", "files"):
         if not isinstance(manifest.get(key), dict):
-            raise BundleError(f"manifest.json lacks a valid {key!r} entry", path=path, hint=REEXPORT)
+            raise BundleError(
+                f"manifest.json lacks a valid {key!r} entry", path=path, hint=REEXPORT
+            )
     check = _Checker(path)
     check.text("model.name", manifest["model"].get("name"))
     dims = manifest["dims"]
@@ -76,15 +86,21 @@ def parse_manifest(raw: bytes, path: Path) -> dict:
 
 
 def _check_preprocess(pre: dict, check: _Checker) -> None:
-    check.integer("preprocess.resize_shortest_edge", pre.get("resize_shortest_edge"), 1, MAX_IMAGE_SIZE)
+    check.integer(
+        "preprocess.resize_shortest_edge", pre.get("resize_shortest_edge"), 1, MAX_IMAGE_SIZE
+    )
     check.integer("preprocess.crop_size", pre.get("crop_size"), 1, MAX_IMAGE_SIZE)
     if pre["crop_size"] > pre["resize_shortest_edge"]:
-        check.fail("preprocess.crop_size", f"{pre['crop_size']} is larger than resize_shortest_edge "
-                   f"{pre['resize_shortest_edge']}")
+        check.fail(
+            "preprocess.crop_size",
+            f"{pre['crop_size']} is larger than resize_shortest_edge {pre['resize_shortest_edge']}",
+        )
     if "rescale_factor" in pre:
         check.number("preprocess.rescale_factor", pre["rescale_factor"], 0.0, 1.0, open_low=True)
     if "resample" in pre and str(pre["resample"]).lower() not in RESAMPLE_RULES:
-        check.fail("preprocess.resample", f"{pre['resample']!r} is not one of {', '.join(RESAMPLE_RULES)}")
+        check.fail(
+            "preprocess.resample", f"{pre['resample']!r} is not one of {', '.join(RESAMPLE_RULES)}"
+        )
     if "convert_rgb" in pre and not isinstance(pre["convert_rgb"], bool):
         check.fail("preprocess.convert_rgb", f"{pre['convert_rgb']!r} is not true or false")
     for key, low in (("mean", -10.0), ("std", 0.0)):
@@ -137,15 +153,24 @@ class _Checker:
             self.fail(field, f"{value} is outside {low}..{high}")
 
     def number(self, field: str, value, low: float, high: float, *, open_low: bool = False) -> None:
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        if (
+            not isinstance(value, (int, float))
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+        ):
             self.fail(field, f"{value!r} is not a finite number")
         if value > high or value < low or (open_low and value == low):
             self.fail(field, f"{value:g} is outside {'(' if open_low else '['}{low:g}, {high:g}]")
 
     def relative_name(self, field: str, name) -> None:
         parts = PurePosixPath(name).parts if isinstance(name, str) else ()
-        if (not parts or name.startswith(("/", "\\")) or "\\" in name or ":" in name
-                or any(part in ("..", ".") for part in parts)):
+        if (
+            not parts
+            or name.startswith(("/", "\\"))
+            or "\\" in name
+            or ":" in name
+            or any(part in ("..", ".") for part in parts)
+        ):
             self.fail(field, "is not a plain relative path inside the bundle")
 
 
@@ -160,16 +185,28 @@ def bundle_file(root: Path, name: str) -> Path:
     try:
         real = path.resolve(strict=True)
     except FileNotFoundError:
-        raise BundleError("missing bundle file (listed in manifest.json)", path=path,
-                          hint=f"copy the whole bundle again, or {REEXPORT}") from None
+        raise BundleError(
+            "missing bundle file (listed in manifest.json)",
+            path=path,
+            hint=f"copy the whole bundle again, or {REEXPORT}",
+        ) from None
     except (OSError, RuntimeError) as err:  # a symlink loop, a permission problem
-        raise BundleError(f"cannot resolve the bundle file ({err})", path=path,
-                          hint=f"copy the whole bundle again, or {REEXPORT}") from None
+        raise BundleError(
+            f"cannot resolve the bundle file ({err})",
+            path=path,
+            hint=f"copy the whole bundle again, or {REEXPORT}",
+        ) from None
     if not real.is_relative_to(root.resolve()):
-        raise BundleError(f"bundle file leads outside the bundle (to {real})", path=path,
-                          hint="a bundle's files must live inside its directory; " + REEXPORT)
+        raise BundleError(
+            f"bundle file leads outside the bundle (to {real})",
+            path=path,
+            hint="a bundle's files must live inside its directory; " + REEXPORT,
+        )
     mode = os.stat(real).st_mode
     if not stat.S_ISREG(mode):
-        raise BundleError("bundle file is not a regular file", path=path,
-                          hint=f"copy the whole bundle again, or {REEXPORT}")
+        raise BundleError(
+            "bundle file is not a regular file",
+            path=path,
+            hint=f"copy the whole bundle again, or {REEXPORT}",
+        )
     return real

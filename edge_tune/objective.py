@@ -56,7 +56,9 @@ def score(
         log_norm = peak[..., 0] + np.log(np.exp(logits - peak).sum(axis=2))  # [N, g]
         true = np.take_along_axis(logits, labels[:, None, None], axis=2)[..., 0]  # [N, g]
         losses[start : start + g] = np.mean(log_norm - true, axis=0)
-        accuracies[start : start + g] = np.mean(np.argmax(logits, axis=2) == labels[:, None], axis=0)
+        accuracies[start : start + g] = np.mean(
+            np.argmax(logits, axis=2) == labels[:, None], axis=0
+        )
     return losses, accuracies
 
 
@@ -172,7 +174,9 @@ def evaluate_dataset(
         classifier = Classifier.load(run, bundle=bundle)
         trained_classes = classifier.classnames
         what = {"run": str(run), "shipped": classifier.name}
-    if (prompt is not None or run is not None) and list(trained_classes) != list(dataset.classnames):
+    if (prompt is not None or run is not None) and list(trained_classes) != list(
+        dataset.classnames
+    ):
         raise DataError(
             f"the run was tuned for classes {trained_classes[:5]}, the data has "
             f"{list(dataset.classnames)[:5]}",

@@ -14,7 +14,6 @@ import io
 import re
 import warnings
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -29,7 +28,7 @@ MAX_ASPECT_RATIO = 64.0
 
 _RESAMPLE = {name: getattr(Image.Resampling, name.upper()) for name in RESAMPLE_RULES}
 
-ImageSource = Union[str, Path, bytes, Image.Image]
+ImageSource = str | Path | bytes | Image.Image
 
 
 def open_image(
@@ -168,7 +167,10 @@ def preprocess_key(preprocess: dict) -> dict:
         "std",
         "convert_rgb",
     )
-    return {key: preprocess.get(key) for key in keys} | {"exif_transpose": True, "impl": 2}  # 2: 16-bit grey scaled
+    return {key: preprocess.get(key) for key in keys} | {
+        "exif_transpose": True,
+        "impl": 2,
+    }  # 2: 16-bit grey scaled
 
 
 def _centre_crop(pixels: np.ndarray, crop: int) -> np.ndarray:

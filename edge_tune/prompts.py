@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -73,7 +73,7 @@ class PromptSpace:
         projection_std: float | None = None,
         seed: int = 0,
         parameterisation: str = "sharpzo",
-    ) -> "PromptSpace":
+    ) -> PromptSpace:
         """Tokenise the init phrase and every class; draw A (`projection_std=None`: table std)."""
         if parameterisation not in PARAMETERISATIONS:
             raise DataError(
@@ -158,7 +158,7 @@ class PromptSpace:
         }
 
     @classmethod
-    def from_spec(cls, bundle, classnames: Sequence[str], spec: dict) -> "PromptSpace":
+    def from_spec(cls, bundle, classnames: Sequence[str], spec: dict) -> PromptSpace:
         """Rebuild from `spec()`; `CheckpointError` if the bundle or generator no longer agree."""
         space = cls.build(
             bundle,
@@ -190,7 +190,7 @@ class PromptSpace:
             )
         return space
 
-    def padded(self, length: int) -> "PromptSpace":
+    def padded(self, length: int) -> PromptSpace:
         """The same space with sequences padded to `length` positions (for truncation checks)."""
         if not self.length <= length <= self.context_length:
             raise DataError(
@@ -406,23 +406,27 @@ def _rows(table: np.ndarray, ids: Sequence[int]) -> np.ndarray:
 PROMPT_FORMAT = 2  # 2: one tuned vector per cross-validation fold (`w` is f64[k, d])
 
 
-def save_prompt(path, space: PromptSpace, W: np.ndarray, *, bundle_hash: str, optimizer: str,
-                preset: str) -> None:
+def save_prompt(
+    path, space: PromptSpace, W: np.ndarray, *, bundle_hash: str, optimizer: str, preset: str
+) -> None:
     """Write `prompt.npz`: the tuned vectors W f64[k, d] (one per fold; the shipped text side is
     their ensemble), their context tokens, and the prompt-space spec that rebuilds them."""
     from edge_tune.atomic import atomic_save_npz
 
     W = np.atleast_2d(np.asarray(W, dtype=np.float64))
-    atomic_save_npz(path, {
-        "format_version": np.array(PROMPT_FORMAT, dtype=np.int64),
-        "w": W,
-        "context": space.context(W).astype(np.float32),
-        "classnames": np.array(space.classnames, dtype=np.str_),
-        "spec": np.array(json.dumps(space.spec(), sort_keys=True), dtype=np.str_),
-        "bundle_hash": np.array(bundle_hash, dtype=np.str_),
-        "optimizer": np.array(optimizer, dtype=np.str_),
-        "preset": np.array(preset, dtype=np.str_),
-    })
+    atomic_save_npz(
+        path,
+        {
+            "format_version": np.array(PROMPT_FORMAT, dtype=np.int64),
+            "w": W,
+            "context": space.context(W).astype(np.float32),
+            "classnames": np.array(space.classnames, dtype=np.str_),
+            "spec": np.array(json.dumps(space.spec(), sort_keys=True), dtype=np.str_),
+            "bundle_hash": np.array(bundle_hash, dtype=np.str_),
+            "optimizer": np.array(optimizer, dtype=np.str_),
+            "preset": np.array(preset, dtype=np.str_),
+        },
+    )
 
 
 def load_prompt(path, bundle) -> tuple[np.ndarray, dict, list[str]]:

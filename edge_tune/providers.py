@@ -8,8 +8,9 @@ falls back to CPU and says so in one line; an explicitly requested provider that
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -61,19 +62,25 @@ def resolve_provider(provider: str) -> str:
     if name == "auto":
         return next(short for short in AUTO_ORDER if short in have or short == "cpu")
     if name not in PROVIDER_NAMES:
-        raise ProviderError(f"unknown execution provider {provider!r}",
-                            hint=f"use one of: {', '.join(PROVIDER_CHOICES)}")
+        raise ProviderError(
+            f"unknown execution provider {provider!r}",
+            hint=f"use one of: {', '.join(PROVIDER_CHOICES)}",
+        )
     if name not in have:
-        raise ProviderError(f"execution provider {name!r} is not in this onnxruntime build "
-                            f"(available: {', '.join(have)})",
-                            hint=_install_hint(name))
+        raise ProviderError(
+            f"execution provider {name!r} is not in this onnxruntime build "
+            f"(available: {', '.join(have)})",
+            hint=_install_hint(name),
+        )
     return name
 
 
 def _install_hint(name: str) -> str:
     if name in ("cuda", "tensorrt"):
-        return ("install onnxruntime-gpu (pip install 'edge-tune[gpu]'; on Jetson the Jetson AI Lab "
-                "wheel), or use --provider auto")
+        return (
+            "install onnxruntime-gpu (pip install 'edge-tune[gpu]'; on Jetson the Jetson AI Lab "
+            "wheel), or use --provider auto"
+        )
     if name == "openvino":
         return "install onnxruntime-openvino, or use --provider auto"
     return "use --provider auto or cpu"
@@ -109,18 +116,29 @@ def session_options(threads: int | None = None, *, cpu_arena: bool = True, prepa
     options.enable_cpu_mem_arena = bool(cpu_arena)
     if not prepacking:
         options.add_session_config_entry("session.disable_prepacking", "1")
-    options.log_severity_level = 3  # ORT's own fallback warnings are replaced by our one-line report
+    options.log_severity_level = (
+        3  # ORT's own fallback warnings are replaced by our one-line report
+    )
     if threads is not None:
         if int(threads) < 1:
-            raise ProviderError(f"--threads must be at least 1, got {threads}", hint="pass --threads 1 or more")
+            raise ProviderError(
+                f"--threads must be at least 1, got {threads}", hint="pass --threads 1 or more"
+            )
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
     return options
 
 
-def make_session(onnx_path: str | Path, provider: str = "auto", threads: int | None = None, *,
-                 role: str, validate: Callable[[Any], None] | None = None,
-                 cpu_arena: bool = True, prepacking: bool = True) -> Session:
+def make_session(
+    onnx_path: str | Path,
+    provider: str = "auto",
+    threads: int | None = None,
+    *,
+    role: str,
+    validate: Callable[[Any], None] | None = None,
+    cpu_arena: bool = True,
+    prepacking: bool = True,
+) -> Session:
     """A warmed-up session on `provider`; `auto` falls back to CPU with a one-line report.
 
     `validate(inner)` runs on the new ORT session before the warm-up, so a graph of the wrong kind is
@@ -132,40 +150,62 @@ def make_session(onnx_path: str | Path, provider: str = "auto", threads: int | N
     if short == "cpu":
         inner = _create(path, ["CPUExecutionProvider"], threads, validate, cpu_arena, prepacking)
         _warm_up(inner)
-        return Session(inner, inner.get_providers(), f"running on CPU ({_threads_text(threads)})", path, role)
+        return Session(
+            inner, inner.get_providers(), f"running on CPU ({_threads_text(threads)})", path, role
+        )
     wanted = PROVIDER_NAMES[short]
     try:
-        inner = _create(path, [wanted, "CPUExecutionProvider"], threads, validate, cpu_arena, prepacking)
+        inner = _create(
+            path, [wanted, "CPUExecutionProvider"], threads, validate, cpu_arena, prepacking
+        )
         if wanted not in inner.get_providers():
             raise RuntimeError(f"{wanted} could not be created (missing libraries?)")
         _warm_up(inner)
     except EdgeTuneError:
         raise
-    except Exception as err:  # noqa: BLE001 - ORT raises RuntimeError/Fail/InvalidArgument alike
+    except Exception as err:
         reason = _first_line(err)
         if requested != "auto":
-            raise ProviderError(f"execution provider {short!r} cannot run {path.name}: {reason}", path=path,
-                                hint="install its libraries, or use --provider auto or cpu") from None
+            raise ProviderError(
+                f"execution provider {short!r} cannot run {path.name}: {reason}",
+                path=path,
+                hint="install its libraries, or use --provider auto or cpu",
+            ) from None
         inner = _create(path, ["CPUExecutionProvider"], threads, validate, cpu_arena, prepacking)
         _warm_up(inner)
-        return Session(inner, inner.get_providers(), f"{wanted} unavailable ({reason}); running on CPU",
-                       path, role)
-    return Session(inner, inner.get_providers(), f"running on {wanted} (CPU for unsupported nodes)", path, role)
+        return Session(
+            inner,
+            inner.get_providers(),
+            f"{wanted} unavailable ({reason}); running on CPU",
+            path,
+            role,
+        )
+    return Session(
+        inner, inner.get_providers(), f"running on {wanted} (CPU for unsupported nodes)", path, role
+    )
 
 
-def _create(path: Path, providers: list[str], threads: int | None,
-            validate: Callable[[Any], None] | None = None, cpu_arena: bool = True,
-            prepacking: bool = True):
+def _create(
+    path: Path,
+    providers: list[str],
+    threads: int | None,
+    validate: Callable[[Any], None] | None = None,
+    cpu_arena: bool = True,
+    prepacking: bool = True,
+):
     from edge_tune.errors import BundleError
 
     ort = _ort()
     options = session_options(threads, cpu_arena=cpu_arena, prepacking=prepacking)
     try:
         inner = ort.InferenceSession(str(path), options, providers=providers)
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         if "CPUExecutionProvider" in providers and len(providers) == 1:
-            raise BundleError(f"onnxruntime cannot load this graph ({_first_line(err)})", path=path,
-                              hint="re-export the bundle with `edge-tune export`") from None
+            raise BundleError(
+                f"onnxruntime cannot load this graph ({_first_line(err)})",
+                path=path,
+                hint="re-export the bundle with `edge-tune export`",
+            ) from None
         raise
     if validate is not None:
         validate(inner)

@@ -287,18 +287,25 @@ def format_summary(result: dict, run_dir: str | Path | None = None) -> str:
         return text
 
     shipped, zero = rows[result["shipped"]], rows["zero-shot"]
-    lines = [f"cross-validated on the shots ({data['train_images']} images, {data['folds']} folds)"
-             + (f"; eval on {data['eval_images']} images, report only" if on_eval else "") + ":"]
+    lines = [
+        f"cross-validated on the shots ({data['train_images']} images, {data['folds']} folds)"
+        + (f"; eval on {data['eval_images']} images, report only" if on_eval else "")
+        + ":"
+    ]
     for row in result["candidates"]:
         mark = "->" if row["name"] == result["shipped"] else "  "
         lines.append(f" {mark} {row['name']:<22} {accuracy(row)}")
     margin = 100 * (shipped["cv_accuracy"] - zero["cv_accuracy"])
-    line = (f"shipped: {result['shipped']} (lowest cross-validated loss; cv accuracy "
-            f"{margin:+.1f} points over zero-shot")
+    line = (
+        f"shipped: {result['shipped']} (lowest cross-validated loss; cv accuracy "
+        f"{margin:+.1f} points over zero-shot"
+    )
     if result.get("best_cheap") and result["best_cheap"] != result["shipped"]:
         cheap = rows[result["best_cheap"]]
-        line += (f", loss {shipped['cv_loss']:.3f} vs {cheap['cv_loss']:.3f} for the best "
-                 f"query-free one, {result['best_cheap']}")
+        line += (
+            f", loss {shipped['cv_loss']:.3f} vs {cheap['cv_loss']:.3f} for the best "
+            f"query-free one, {result['best_cheap']}"
+        )
     lines.append(line + ")")
     lines.append(
         f"queries {result['queries']} (+{result['eval_queries']} to evaluate), "
@@ -316,11 +323,15 @@ def format_summary(result: dict, run_dir: str | Path | None = None) -> str:
 def budget_line(queries: int | None, seconds: float | None, *, default_queries: int) -> str:
     """The line `fit` starts with: what will stop the tuning."""
     if queries is not None and seconds is not None:
-        return (f"budget: {queries} queries or {format_seconds(seconds)} of tuning, whichever "
-                "comes first")
+        return (
+            f"budget: {queries} queries or {format_seconds(seconds)} of tuning, whichever "
+            "comes first"
+        )
     if seconds is not None:
-        return (f"budget: {format_seconds(seconds)} of tuning and no query cap (--budget-time "
-                f"alone lifts the default {default_queries} queries)")
+        return (
+            f"budget: {format_seconds(seconds)} of tuning and no query cap (--budget-time "
+            f"alone lifts the default {default_queries} queries)"
+        )
     if queries is not None:
         return f"budget: {queries} queries"
     return "budget: none (until stopped)"

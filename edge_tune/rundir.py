@@ -38,32 +38,49 @@ def check_outside(run_dir: Path, inputs: list[Path]) -> None:
     target = run_dir.resolve()
     for root in inputs:
         if target == root.resolve() or target.is_relative_to(root.resolve()):
-            raise CheckpointError("the run directory is inside the data folder", path=run_dir,
-                                  hint=f"Choose an --out outside {root}")
+            raise CheckpointError(
+                "the run directory is inside the data folder",
+                path=run_dir,
+                hint=f"Choose an --out outside {root}",
+            )
 
 
 def claim_fresh(run_dir: Path, *, has_checkpoint: bool) -> RunLock:
     """Create (or reuse a stillborn) run directory for a new run, mark it and lock it."""
     if run_dir.exists() and not run_dir.is_dir():
-        raise CheckpointError("is a file, not a run directory", path=run_dir,
-                              hint="Choose another --out (a folder that does not exist yet)")
+        raise CheckpointError(
+            "is a file, not a run directory",
+            path=run_dir,
+            hint="Choose another --out (a folder that does not exist yet)",
+        )
     if run_dir.is_dir():
         entries = {entry.name for entry in run_dir.iterdir()}
         if entries and not is_run(run_dir):
-            raise CheckpointError("the folder is not empty and is not an edge-tune run; nothing in "
-                                  "it was changed", path=run_dir,
-                                  hint="Choose another --out (a folder that does not exist yet)")
+            raise CheckpointError(
+                "the folder is not empty and is not an edge-tune run; nothing in it was changed",
+                path=run_dir,
+                hint="Choose another --out (a folder that does not exist yet)",
+            )
         if entries and has_checkpoint:
-            raise CheckpointError("the folder holds an edge-tune run", path=run_dir,
-                                  hint=f"Continue it with --resume {run_dir}, or choose another --out")
+            raise CheckpointError(
+                "the folder holds an edge-tune run",
+                path=run_dir,
+                hint=f"Continue it with --resume {run_dir}, or choose another --out",
+            )
         if not entries <= STILLBORN_ENTRIES:
-            raise CheckpointError("the folder holds a finished edge-tune run", path=run_dir,
-                                  hint="Choose another --out")
+            raise CheckpointError(
+                "the folder holds a finished edge-tune run",
+                path=run_dir,
+                hint="Choose another --out",
+            )
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise CheckpointError(f"cannot create the run directory ({err.strerror or err})",
-                              path=run_dir, hint="Choose an --out where you can write") from None
+        raise CheckpointError(
+            f"cannot create the run directory ({err.strerror or err})",
+            path=run_dir,
+            hint="Choose an --out where you can write",
+        ) from None
     lock = RunLock(run_dir)
     try:  # a run killed before its first checkpoint: only what edge-tune wrote, under our lock
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
@@ -71,8 +88,11 @@ def claim_fresh(run_dir: Path, *, has_checkpoint: bool) -> RunLock:
         atomic_write_json(run_dir / MARKER, MARKER_RECORD)
     except OSError as err:
         lock.release()
-        raise CheckpointError(f"cannot write to the run directory ({err.strerror or err})",
-                              path=run_dir, hint="Choose an --out where you can write") from None
+        raise CheckpointError(
+            f"cannot write to the run directory ({err.strerror or err})",
+            path=run_dir,
+            hint="Choose an --out where you can write",
+        ) from None
     return lock
 
 
@@ -103,16 +123,22 @@ class RunLock:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as err:
-            raise CheckpointError(f"cannot open the run's lock file ({err.strerror or err})",
-                                  path=self.path, hint="Check the run directory's permissions") from None
+            raise CheckpointError(
+                f"cannot open the run's lock file ({err.strerror or err})",
+                path=self.path,
+                hint="Check the run directory's permissions",
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
             os.close(fd)
-            raise CheckpointError(f"the run is in use by process {holder}", path=run_dir,
-                                  hint="Wait for that fit to end (Ctrl-C there saves a checkpoint), "
-                                       "or use another --out") from None
+            raise CheckpointError(
+                f"the run is in use by process {holder}",
+                path=run_dir,
+                hint="Wait for that fit to end (Ctrl-C there saves a checkpoint), "
+                "or use another --out",
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         return fd

@@ -40,7 +40,9 @@ def stratified_folds(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
     about K/k classes, and the others have no image in it)."""
     labels = np.asarray(labels, dtype=np.int64)
     rng = np.random.default_rng([int(seed), _FOLD_STREAM])
-    order = np.concatenate([rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)])
+    order = np.concatenate(
+        [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+    )
     folds = np.empty(len(labels), dtype=np.int64)
     folds[order] = np.arange(len(order)) % k
     return folds
@@ -75,8 +77,9 @@ def out_of_fold_head(name: str, hyper: dict, X, y, num_classes: int, folds, *, s
         rows = folds == fold
         train = ~rows & (folds != skip)
         if train.any():
-            out[rows] = apply_head(name, fit_head(name, X[train], y[train], num_classes, hyper),
-                                   X[rows])
+            out[rows] = apply_head(
+                name, fit_head(name, X[train], y[train], num_classes, hyper), X[rows]
+            )
     return out
 
 
@@ -119,9 +122,16 @@ class Blend:
         return np.asarray(out, dtype=np.float64)
 
     def record(self) -> dict:
-        return {"name": self.name, "text": self.text, "head": self.head, "hyper": self.hyper,
-                "mix": self.mix, "temperature": self.temperature,
-                "cv_accuracy": self.cv_accuracy, "cv_loss": self.cv_loss}
+        return {
+            "name": self.name,
+            "text": self.text,
+            "head": self.head,
+            "hyper": self.hyper,
+            "mix": self.mix,
+            "temperature": self.temperature,
+            "cv_accuracy": self.cv_accuracy,
+            "cv_loss": self.cv_loss,
+        }
 
 
 def _better(a: tuple[float, float], b: tuple[float, float] | None) -> bool:
@@ -129,8 +139,9 @@ def _better(a: tuple[float, float], b: tuple[float, float] | None) -> bool:
     return b is None or a[1] < b[1] - 1e-9 or (abs(a[1] - b[1]) <= 1e-9 and a[0] > b[0] + 1e-9)
 
 
-def losses_at(logits: np.ndarray, labels: np.ndarray, temperatures, *,
-              memory_cap: int = 32 * 2**20) -> np.ndarray:
+def losses_at(
+    logits: np.ndarray, labels: np.ndarray, temperatures, *, memory_cap: int = 32 * 2**20
+) -> np.ndarray:
     """f64[T] mean cross-entropy of `t · logits` for each temperature t: `loss_and_accuracy`'s
     arithmetic, several temperatures per pass (as many as fit in `memory_cap`)."""
     temperatures = np.asarray(temperatures, dtype=np.float64)
@@ -138,10 +149,10 @@ def losses_at(logits: np.ndarray, labels: np.ndarray, temperatures, *,
     per_pass = max(1, int(memory_cap) // max(1, logits.size * 8))
     out = np.empty(len(temperatures))
     for start in range(0, len(temperatures), per_pass):
-        z = temperatures[start:start + per_pass, None, None] * logits[None]  # [t, N, K]
+        z = temperatures[start : start + per_pass, None, None] * logits[None]  # [t, N, K]
         peak = z.max(axis=2, keepdims=True)
         log_norm = peak[..., 0] + np.log(np.exp(z - peak).sum(axis=2))
-        out[start:start + len(z)] = np.mean(log_norm - z[:, rows, labels], axis=1)
+        out[start : start + len(z)] = np.mean(log_norm - z[:, rows, labels], axis=1)
     return out
 
 
@@ -150,20 +161,27 @@ def calibrate(blend: Blend, text_logits, head_logits, labels) -> Blend:
     base = replace(blend, temperature=1.0).logits(text_logits, head_logits)
     losses = losses_at(base, labels, TEMPERATURES)
     best = int(np.argmin(losses))
-    return replace(blend, temperature=float(TEMPERATURES[best]), cv_loss=float(losses[best]),
-                   cv_accuracy=loss_and_accuracy(base, labels)[1])
+    return replace(
+        blend,
+        temperature=float(TEMPERATURES[best]),
+        cv_loss=float(losses[best]),
+        cv_accuracy=loss_and_accuracy(base, labels)[1],
+    )
 
 
-def best_mix(text: str, head: str, hyper: dict, text_logits, head_logits, labels,
-             grid=MIX_GRID) -> Blend:
+def best_mix(
+    text: str, head: str, hyper: dict, text_logits, head_logits, labels, grid=MIX_GRID
+) -> Blend:
     """The calibrated blend of these text and head logits that scores best out of fold."""
     s_t, s_h = spread(text_logits), spread(head_logits)
     best = None
     for mix in grid:
-        blend = calibrate(Blend(text, head, dict(hyper), float(mix), s_t, s_h),
-                          text_logits, head_logits, labels)
-        if best is None or _better((blend.cv_accuracy, blend.cv_loss),
-                                   (best.cv_accuracy, best.cv_loss)):
+        blend = calibrate(
+            Blend(text, head, dict(hyper), float(mix), s_t, s_h), text_logits, head_logits, labels
+        )
+        if best is None or _better(
+            (blend.cv_accuracy, blend.cv_loss), (best.cv_accuracy, best.cv_loss)
+        ):
             best = blend
     return best
 
@@ -185,8 +203,9 @@ def tune_head(name: str, X, y, num_classes: int, folds, text: str, text_logits):
     for hyper in grid:
         logits = out_of_fold_head(name, hyper, X, y, num_classes, folds)
         blend = best_mix(text, name, hyper, text_logits, logits, y)
-        if best is None or _better((blend.cv_accuracy, blend.cv_loss),
-                                   (best[0].cv_accuracy, best[0].cv_loss)):
+        if best is None or _better(
+            (blend.cv_accuracy, blend.cv_loss), (best[0].cv_accuracy, best[0].cv_loss)
+        ):
             best = (blend, logits)
     blend, logits = best
     return head_alone(name, blend.hyper, logits, y), blend, logits
@@ -196,8 +215,9 @@ def choose(candidates: list[Blend]) -> Blend:
     """The candidate with the lowest out-of-fold loss (ties: higher accuracy, then the earlier)."""
     best = None
     for candidate in candidates:
-        if best is None or _better((candidate.cv_accuracy, candidate.cv_loss),
-                                   (best.cv_accuracy, best.cv_loss)):
+        if best is None or _better(
+            (candidate.cv_accuracy, candidate.cv_loss), (best.cv_accuracy, best.cv_loss)
+        ):
             best = candidate
     return best
 

@@ -19,8 +19,11 @@ class ClipTokenizer:
         self.path = path
         sot, eot = inner.token_to_id(SOT_TOKEN), inner.token_to_id(EOT_TOKEN)
         if sot is None or eot is None:
-            raise BundleError("not a CLIP tokenizer (no <|startoftext|>/<|endoftext|> tokens)", path=path,
-                              hint="re-export the bundle with `edge-tune export`")
+            raise BundleError(
+                "not a CLIP tokenizer (no <|startoftext|>/<|endoftext|> tokens)",
+                path=path,
+                hint="re-export the bundle with `edge-tune export`",
+            )
         self.sot_id: int = sot
         self.eot_id: int = eot
         self.inner.no_truncation()
@@ -33,10 +36,13 @@ class ClipTokenizer:
         path = Path(path)
         try:
             inner = Tokenizer.from_file(str(path))
-        except Exception as err:  # noqa: BLE001 - tokenizers raises a bare Exception on bad JSON
+        except Exception as err:
             reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
-            raise BundleError(f"cannot read the tokenizer ({reason})", path=path,
-                              hint="re-export the bundle with `edge-tune export`") from None
+            raise BundleError(
+                f"cannot read the tokenizer ({reason})",
+                path=path,
+                hint="re-export the bundle with `edge-tune export`",
+            ) from None
         return cls(inner, path)
 
     def encode(self, text: str) -> list[int]:

@@ -21,11 +21,11 @@ RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "b
 
 @dataclass
 class LoadedModel:
-    model: object                 # transformers.CLIPModel in eval mode
-    name: str                     # the bundle's model name
-    source: str                   # "registry:NAME" | "hf:ID" | "dir:/abs/path"
-    tokenizer_json: bytes         # a `tokenizers` file of the model's tokenizer
-    preprocess: dict              # the manifest's preprocess block
+    model: object  # transformers.CLIPModel in eval mode
+    name: str  # the bundle's model name
+    source: str  # "registry:NAME" | "hf:ID" | "dir:/abs/path"
+    tokenizer_json: bytes  # a `tokenizers` file of the model's tokenizer
+    preprocess: dict  # the manifest's preprocess block
 
 
 def load_model(name: str, *, source_dir: str | Path | None = None) -> LoadedModel:
@@ -35,14 +35,26 @@ def load_model(name: str, *, source_dir: str | Path | None = None) -> LoadedMode
     entry = registry.lookup(name)
     if entry["kind"] == "random":
         model = registry.build_model(name)
-        return LoadedModel(model, name, f"registry:{name}", registry.CLIP_BPE_TOKENIZER.read_bytes(),
-                           default_preprocess(model.config.vision_config.image_size))
+        return LoadedModel(
+            model,
+            name,
+            f"registry:{name}",
+            registry.CLIP_BPE_TOKENIZER.read_bytes(),
+            default_preprocess(model.config.vision_config.image_size),
+        )
     return _from_hub(name, entry["hub_id"])
 
 
 def default_preprocess(image_size: int) -> dict:
-    return {"resize_shortest_edge": int(image_size), "crop_size": int(image_size), "resample": "bicubic",
-            "rescale_factor": 1 / 255, "mean": list(CLIP_MEAN), "std": list(CLIP_STD), "convert_rgb": True}
+    return {
+        "resize_shortest_edge": int(image_size),
+        "crop_size": int(image_size),
+        "resample": "bicubic",
+        "rescale_factor": 1 / 255,
+        "mean": list(CLIP_MEAN),
+        "std": list(CLIP_STD),
+        "convert_rgb": True,
+    }
 
 
 def _eager(model):
@@ -62,19 +74,29 @@ def _from_dir(name: str, root: Path) -> LoadedModel:
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        raise ExportError("not a CLIP checkpoint (no readable config.json)", path=root, hint=hint) from None
+        raise ExportError(
+            "not a CLIP checkpoint (no readable config.json)", path=root, hint=hint
+        ) from None
     if config.get("model_type") != "clip":
-        raise ExportError(f"not a CLIP checkpoint (config.json model_type is {config.get('model_type')!r})",
-                          path=root, hint=hint)
+        raise ExportError(
+            f"not a CLIP checkpoint (config.json model_type is {config.get('model_type')!r})",
+            path=root,
+            hint=hint,
+        )
     from transformers import CLIPModel
 
     try:
         model = CLIPModel.from_pretrained(str(root), local_files_only=True)
-    except Exception as err:  # noqa: BLE001 - transformers raises many kinds; the user needs one line
+    except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ExportError(f"cannot load the CLIP weights ({first})", path=root, hint=hint) from None
-    return LoadedModel(_eager(model), name, f"dir:{root.resolve()}", _dir_tokenizer(root),
-                       _dir_preprocess(root, model.config.vision_config.image_size))
+    return LoadedModel(
+        _eager(model),
+        name,
+        f"dir:{root.resolve()}",
+        _dir_tokenizer(root),
+        _dir_preprocess(root, model.config.vision_config.image_size),
+    )
 
 
 def _from_hub(name: str, hub_id: str) -> LoadedModel:
@@ -85,12 +107,19 @@ def _from_hub(name: str, hub_id: str) -> LoadedModel:
         from huggingface_hub import snapshot_download
 
         snapshot = Path(snapshot_download(hub_id, allow_patterns=["*.json", "*.txt"]))
-    except Exception:  # noqa: BLE001 - offline, DNS, HTTP, missing cache: all mean the same to the user
-        raise ExportError(f"cannot fetch {hub_id} from the Hugging Face hub (unreachable or not cached)",
-                          hint=f"download it elsewhere and pass --source DIR "
-                               f"(edge-tune export {name} --source DIR --out OUT)") from None
-    return LoadedModel(_eager(model), name, f"hf:{hub_id}", _dir_tokenizer(snapshot),
-                       _dir_preprocess(snapshot, model.config.vision_config.image_size))
+    except Exception:
+        raise ExportError(
+            f"cannot fetch {hub_id} from the Hugging Face hub (unreachable or not cached)",
+            hint=f"download it elsewhere and pass --source DIR "
+            f"(edge-tune export {name} --source DIR --out OUT)",
+        ) from None
+    return LoadedModel(
+        _eager(model),
+        name,
+        f"hf:{hub_id}",
+        _dir_tokenizer(snapshot),
+        _dir_preprocess(snapshot, model.config.vision_config.image_size),
+    )
 
 
 def _dir_tokenizer(root: Path) -> bytes:
@@ -117,7 +146,9 @@ def _dir_preprocess(root: Path, image_size: int) -> dict:
     except (OSError, ValueError):
         return pre
     size, crop = cfg.get("size", image_size), cfg.get("crop_size", image_size)
-    pre["resize_shortest_edge"] = int(size.get("shortest_edge", image_size) if isinstance(size, dict) else size)
+    pre["resize_shortest_edge"] = int(
+        size.get("shortest_edge", image_size) if isinstance(size, dict) else size
+    )
     pre["crop_size"] = int(crop.get("height", image_size) if isinstance(crop, dict) else crop)
     pre["resample"] = RESAMPLE_NAMES.get(cfg.get("resample", 3), "bicubic")
     pre["rescale_factor"] = float(cfg.get("rescale_factor", 1 / 255))

@@ -45,14 +45,20 @@ from edge_tune.errors import ExportError
 
 MODES = ("int8", "fp16")
 GRAPHS = ("text.onnx", "image.onnx")
-OPTIONAL_GRAPHS = ("text_shared.onnx",)  # converted too when present; the gate's tuned prompt runs on it
+OPTIONAL_GRAPHS = (
+    "text_shared.onnx",
+)  # converted too when present; the gate's tuned prompt runs on it
 DEFAULT_MAX_DROP_POINTS = 1.0
-GATE_FIT_QUERIES = 1000  # the gate's tuned prompt: ~15 s on the demo shots, 61 -> 80 % on its eval set
+GATE_FIT_QUERIES = (
+    1000  # the gate's tuned prompt: ~15 s on the demo shots, 61 -> 80 % on its eval set
+)
 MINIWORLD_DEMO = Path(__file__).resolve().parent.parent / "models" / "miniworld" / "demo"
-INT8_BATCH_NOTE = ("dynamic int8 quantises activations with one scale per tensor per run, so a prompt's "
-                   "features depend on the other prompts run with it (max abs diff 2.1e-2 on unit "
-                   "vectors, mini-world text graph, 80 prompts in one run vs one at a time); batched "
-                   "and one-by-one objective values are not bit-identical")
+INT8_BATCH_NOTE = (
+    "dynamic int8 quantises activations with one scale per tensor per run, so a prompt's "
+    "features depend on the other prompts run with it (max abs diff 2.1e-2 on unit "
+    "vectors, mini-world text graph, 80 prompts in one run vs one at a time); batched "
+    "and one-by-one objective values are not bit-identical"
+)
 
 
 def quantize_graph(src: Path, dst: Path, mode: str, *, reduce_range: bool = False) -> None:
@@ -62,17 +68,25 @@ def quantize_graph(src: Path, dst: Path, mode: str, *, reduce_range: bool = Fals
     model = onnx.load(str(src))
     metadata = {prop.key: prop.value for prop in model.metadata_props}
     if mode == "int8":
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
         import logging
+
+        from onnxruntime.quantization import QuantType, quantize_dynamic
 
         prepared = _prepare_for_quantization(src, dst)
         root = logging.getLogger()
         level = root.level
-        root.setLevel(logging.ERROR)  # quantize_dynamic warns about pre-processing via the root logger
+        root.setLevel(
+            logging.ERROR
+        )  # quantize_dynamic warns about pre-processing via the root logger
         try:
-            quantize_dynamic(str(prepared), str(dst), per_channel=True, reduce_range=reduce_range,
-                             weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+            quantize_dynamic(
+                str(prepared),
+                str(dst),
+                per_channel=True,
+                reduce_range=reduce_range,
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=["MatMul", "Gemm"],
+            )
         finally:
             root.setLevel(level)
             if prepared != src:
@@ -86,7 +100,9 @@ def quantize_graph(src: Path, dst: Path, mode: str, *, reduce_range: bool = Fals
                 node.name = f"{node.op_type}_{index}"
         model = convert_float_to_float16(model, keep_io_types=True)
     else:
-        raise ExportError(f"unknown quantisation mode {mode!r}", hint=f"use one of {', '.join(MODES)}")
+        raise ExportError(
+            f"unknown quantisation mode {mode!r}", hint=f"use one of {', '.join(MODES)}"
+        )
     present = {prop.key for prop in model.metadata_props}
     for key, value in metadata.items():
         if key not in present:
@@ -125,35 +141,62 @@ def feature_deviation(src: Path, dst: Path, prompts: int = 8) -> dict[str, float
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(src / "tokenizer.json"))
-    sentences = ["a photo of a dog.", "a blurry photo of a t-shirt.", "a photo of a sneaker.",
-                 "an ankle boot on a shelf.", "a low contrast photo of a bag.", "a cat.",
-                 "a photo of a pullover, a type of clothing.", "a drawing of a sandal."][:prompts]
+    sentences = [
+        "a photo of a dog.",
+        "a blurry photo of a t-shirt.",
+        "a photo of a sneaker.",
+        "an ankle boot on a shelf.",
+        "a low contrast photo of a bag.",
+        "a cat.",
+        "a photo of a pullover, a type of clothing.",
+        "a drawing of a sandal.",
+    ][:prompts]
     ids = [tokenizer.encode(s).ids for s in sentences]
     length = max(len(i) for i in ids)
     eot = manifest["tokens"]["eot_id"]
-    padded = np.array([i + [manifest["tokens"].get("pad_id", eot)] * (length - len(i)) for i in ids])
-    feeds_text = {"prompt_embeds": np.asarray(table[padded], dtype=np.float32),
-                  "eot_index": np.array([len(i) - 1 for i in ids], dtype=np.int64)}
+    padded = np.array(
+        [i + [manifest["tokens"].get("pad_id", eot)] * (length - len(i)) for i in ids]
+    )
+    feeds_text = {
+        "prompt_embeds": np.asarray(table[padded], dtype=np.float32),
+        "eot_index": np.array([len(i) - 1 for i in ids], dtype=np.int64),
+    }
     size = int(manifest["dims"]["image_size"])
-    feeds_image = {"pixel_values": np.random.default_rng(0).standard_normal((2, 3, size, size))
-                   .astype(np.float32)}
+    feeds_image = {
+        "pixel_values": np.random.default_rng(0)
+        .standard_normal((2, 3, size, size))
+        .astype(np.float32)
+    }
 
     def run(path: Path, feeds: dict) -> np.ndarray:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return session.run(None, feeds)[0]
 
     return {
-        "text_max_abs_diff_vs_fp32": float(np.abs(run(src / "text.onnx", feeds_text)
-                                                  - run(dst / "text.onnx", feeds_text)).max()),
-        "image_max_abs_diff_vs_fp32": float(np.abs(run(src / "image.onnx", feeds_image)
-                                                   - run(dst / "image.onnx", feeds_image)).max()),
+        "text_max_abs_diff_vs_fp32": float(
+            np.abs(run(src / "text.onnx", feeds_text) - run(dst / "text.onnx", feeds_text)).max()
+        ),
+        "image_max_abs_diff_vs_fp32": float(
+            np.abs(
+                run(src / "image.onnx", feeds_image) - run(dst / "image.onnx", feeds_image)
+            ).max()
+        ),
     }
 
 
-def quantize_bundle(src: str | Path, out: str | Path, mode: str, *, gate_data: Any = None,
-                    gate_prompt: Any = None, gate_shots: str | Path | None = None,
-                    max_drop_points: float = DEFAULT_MAX_DROP_POINTS, reduce_range: bool = False,
-                    echo=None, final_path: str | Path | None = None) -> dict[str, Any]:
+def quantize_bundle(
+    src: str | Path,
+    out: str | Path,
+    mode: str,
+    *,
+    gate_data: Any = None,
+    gate_prompt: Any = None,
+    gate_shots: str | Path | None = None,
+    max_drop_points: float = DEFAULT_MAX_DROP_POINTS,
+    reduce_range: bool = False,
+    echo=None,
+    final_path: str | Path | None = None,
+) -> dict[str, Any]:
     """Write an int8 or fp16 copy of the fp32 bundle `src` to `out`; returns the new manifest.
 
     With `gate_data` (a shots-layout folder of labelled evaluation images) the accuracy gate runs:
@@ -164,18 +207,27 @@ def quantize_bundle(src: str | Path, out: str | Path, mode: str, *, gate_data: A
     """
     src, out = Path(src), Path(out)
     if mode not in MODES:
-        raise ExportError(f"unknown quantisation mode {mode!r}", hint=f"use one of {', '.join(MODES)}")
+        raise ExportError(
+            f"unknown quantisation mode {mode!r}", hint=f"use one of {', '.join(MODES)}"
+        )
     manifest_path = src / "manifest.json"
     if not manifest_path.is_file():
-        raise ExportError("not a bundle (no manifest.json)", path=src,
-                          hint="export an fp32 bundle first with `edge-tune export`")
+        raise ExportError(
+            "not a bundle (no manifest.json)",
+            path=src,
+            hint="export an fp32 bundle first with `edge-tune export`",
+        )
     manifest = json.loads(manifest_path.read_text())
     if manifest.get("quantization"):
-        raise ExportError(f"this bundle is already {manifest['quantization'].get('mode')}", path=src,
-                          hint="quantise from the fp32 bundle")
+        raise ExportError(
+            f"this bundle is already {manifest['quantization'].get('mode')}",
+            path=src,
+            hint="quantise from the fp32 bundle",
+        )
     if out.exists() and any(out.iterdir()):
-        raise ExportError("the output directory is not empty", path=out,
-                          hint="choose a new --out or remove it")
+        raise ExportError(
+            "the output directory is not empty", path=out, hint="choose a new --out or remove it"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
@@ -188,50 +240,79 @@ def quantize_bundle(src: str | Path, out: str | Path, mode: str, *, gate_data: A
         for name in graphs:
             quantize_graph(src / name, bundle_dir / name, mode, reduce_range=reduce_range)
         new = json.loads(json.dumps(manifest))
-        new["files"] = {name: {"sha256": sha256_file(bundle_dir / name), "bytes": (bundle_dir / name).stat().st_size}
-                        for name in manifest["files"]}
+        new["files"] = {
+            name: {
+                "sha256": sha256_file(bundle_dir / name),
+                "bytes": (bundle_dir / name).stat().st_size,
+            }
+            for name in manifest["files"]
+        }
         new["model"] = {**manifest["model"], "name": f"{manifest['model']['name']}-{mode}"}
         new["precision"] = mode
         source_hash = hashlib.sha256(manifest_path.read_bytes()).hexdigest()
-        new["quantization"] = {"mode": mode, "from_bundle": source_hash,
-                               "method": ("onnxruntime quantize_dynamic, QInt8 weights per channel, "
-                                          "MatMul/Gemm" + (", reduce_range" if reduce_range else ""))
-                               if mode == "int8" else "onnxruntime float16 converter, fp32 io kept",
-                               **feature_deviation(src, bundle_dir)}
+        new["quantization"] = {
+            "mode": mode,
+            "from_bundle": source_hash,
+            "method": (
+                "onnxruntime quantize_dynamic, QInt8 weights per channel, "
+                "MatMul/Gemm" + (", reduce_range" if reduce_range else "")
+            )
+            if mode == "int8"
+            else "onnxruntime float16 converter, fp32 io kept",
+            **feature_deviation(src, bundle_dir),
+        }
         if mode == "int8":
             new["quantization"]["batch_dependence"] = INT8_BATCH_NOTE
         if mode == "fp16":
-            new["quantization"]["intended_providers"] = "CUDA/TensorRT (on CPU fp16 is slower than fp32)"
+            new["quantization"]["intended_providers"] = (
+                "CUDA/TensorRT (on CPU fp16 is slower than fp32)"
+            )
         new["quantization"]["gate"] = None
-        atomic_write_json(bundle_dir / "manifest.json", new)  # the gate opens the candidate as a bundle
+        atomic_write_json(
+            bundle_dir / "manifest.json", new
+        )  # the gate opens the candidate as a bundle
         if gate_data is not None:
-            cache = staging / "feature-cache"  # features of throw-away bundles stay out of the user's cache
+            cache = (
+                staging / "feature-cache"
+            )  # features of throw-away bundles stay out of the user's cache
             prompt_record: Any = None if gate_prompt is None else {"given": "vector"}
             if gate_prompt is None and gate_shots is not None:
                 if echo:
-                    echo(f"gate: tuning a prompt on {gate_shots} with the fp32 bundle "
-                         f"({GATE_FIT_QUERIES} queries)")
+                    echo(
+                        f"gate: tuning a prompt on {gate_shots} with the fp32 bundle "
+                        f"({GATE_FIT_QUERIES} queries)"
+                    )
                 gate_prompt, prompt_record = short_fit_prompt(src, gate_shots, cache_dir=cache)
             elif isinstance(gate_prompt, (str, Path)):
                 prompt_record = {"run": str(gate_prompt)}
             if echo:
                 echo(f"gate: {mode} vs fp32 on {_data_path(gate_data)}")
-            gate = accuracy_gate(src, bundle_dir, gate_data, tuned_prompt=gate_prompt, cache_dir=cache,
-                                 candidate_name=mode)
+            gate = accuracy_gate(
+                src,
+                bundle_dir,
+                gate_data,
+                tuned_prompt=gate_prompt,
+                cache_dir=cache,
+                candidate_name=mode,
+            )
             gate["data"] = str(Path(_data_path(gate_data)).resolve())
             gate["tuned_prompt"] = prompt_record
             gate["max_drop_points"] = max_drop_points
             gate["passed"] = gate["worst_drop_points"] <= max_drop_points
             new["quantization"]["gate"] = gate
             if echo:
-                echo(f"gate: {gate['summary']}; worst drop {gate['worst_drop_points']:.1f} points "
-                     f"(limit {max_drop_points:g})")
+                echo(
+                    f"gate: {gate['summary']}; worst drop {gate['worst_drop_points']:.1f} points "
+                    f"(limit {max_drop_points:g})"
+                )
             if not gate["passed"]:
                 raise ExportError(
                     f"{mode} bundle refused, nothing written: accuracy falls "
                     f"{gate['worst_drop_points']:.1f} points below fp32 on {gate['data']} "
                     f"({gate['summary']}), more than the {max_drop_points:g} allowed",
-                    path=final_path or out, hint="Keep the fp32 bundle (export without --quantize/--fp16)")
+                    path=final_path or out,
+                    hint="Keep the fp32 bundle (export without --quantize/--fp16)",
+                )
             shutil.rmtree(cache, ignore_errors=True)
         atomic_write_json(bundle_dir / "manifest.json", new)
         for path in bundle_dir.iterdir():
@@ -254,8 +335,14 @@ def is_miniworld(manifest: dict) -> bool:
     return str(model.get("name", "")).split("-")[0] == "miniworld"
 
 
-def resolve_gate(manifest: dict, *, gate_data: str | Path | None, gate_prompt: str | Path | None,
-                 no_gate: bool, mode: str) -> dict[str, Any]:
+def resolve_gate(
+    manifest: dict,
+    *,
+    gate_data: str | Path | None,
+    gate_prompt: str | Path | None,
+    no_gate: bool,
+    mode: str,
+) -> dict[str, Any]:
     """Which data gates a `mode` copy of the bundle described by `manifest` (the fp32 one).
 
     Returns keyword arguments for `quantize_bundle` (`gate_data`, `gate_prompt`, `gate_shots`);
@@ -264,36 +351,57 @@ def resolve_gate(manifest: dict, *, gate_data: str | Path | None, gate_prompt: s
     """
     if no_gate:
         if gate_data is not None or gate_prompt is not None:
-            raise ExportError("--no-gate contradicts --gate-data/--gate-prompt", hint="give one or the other")
+            raise ExportError(
+                "--no-gate contradicts --gate-data/--gate-prompt", hint="give one or the other"
+            )
         return {"gate_data": None, "gate_prompt": None, "gate_shots": None}
     if gate_data is not None:
-        data = gate_data if hasattr(gate_data, "samples") else Path(gate_data)  # a folder or a Dataset
+        data = (
+            gate_data if hasattr(gate_data, "samples") else Path(gate_data)
+        )  # a folder or a Dataset
         return {"gate_data": data, "gate_prompt": gate_prompt, "gate_shots": None}
     if gate_prompt is not None:
-        raise ExportError("--gate-prompt needs --gate-data (the labelled images it is scored on)",
-                          path=gate_prompt, hint="add --gate-data DIR")
+        raise ExportError(
+            "--gate-prompt needs --gate-data (the labelled images it is scored on)",
+            path=gate_prompt,
+            hint="add --gate-data DIR",
+        )
     if is_miniworld(manifest):
         if not (MINIWORLD_DEMO / "eval").is_dir() or not (MINIWORLD_DEMO / "shots").is_dir():
-            raise ExportError("the mini-world demo task that gates this export is missing",
-                              path=MINIWORLD_DEMO, hint="pass --gate-data DIR (labelled images)")
-        return {"gate_data": MINIWORLD_DEMO / "eval", "gate_prompt": None,
-                "gate_shots": MINIWORLD_DEMO / "shots"}
-    raise ExportError(f"the {mode} bundle must pass an accuracy gate, and this model has no default gate data",
-                      path=manifest.get("model", {}).get("name"),
-                      hint="Pass --gate-data DIR (labelled images, DIR/<class>/*.png) [--gate-prompt RUN], "
-                           "or --no-gate to skip the check")
+            raise ExportError(
+                "the mini-world demo task that gates this export is missing",
+                path=MINIWORLD_DEMO,
+                hint="pass --gate-data DIR (labelled images)",
+            )
+        return {
+            "gate_data": MINIWORLD_DEMO / "eval",
+            "gate_prompt": None,
+            "gate_shots": MINIWORLD_DEMO / "shots",
+        }
+    raise ExportError(
+        f"the {mode} bundle must pass an accuracy gate, and this model has no default gate data",
+        path=manifest.get("model", {}).get("name"),
+        hint="Pass --gate-data DIR (labelled images, DIR/<class>/*.png) [--gate-prompt RUN], "
+        "or --no-gate to skip the check",
+    )
 
 
-def short_fit_prompt(bundle: str | Path, shots: str | Path, *, queries: int = GATE_FIT_QUERIES,
-                     seed: int = 0, cache_dir: str | Path | None = None) -> tuple[tuple, dict]:
+def short_fit_prompt(
+    bundle: str | Path,
+    shots: str | Path,
+    *,
+    queries: int = GATE_FIT_QUERIES,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+) -> tuple[tuple, dict]:
     """A tuned prompt for the gate: `fit`'s optimiser (SharpZO, edge) for `queries` on all shots.
 
     Returns ((w, prompt-space options), a record of how it was made) for `accuracy_gate`.
     """
     from edge_tune.bundle import open_bundle
     from edge_tune.data import load_shots
-    from edge_tune.features import image_features
     from edge_tune.encoders import text_encoder
+    from edge_tune.features import image_features
     from edge_tune.objective import PromptObjective
     from edge_tune.optim import make_optimizer
     from edge_tune.prompts import PromptSpace
@@ -302,8 +410,12 @@ def short_fit_prompt(bundle: str | Path, shots: str | Path, *, queries: int = GA
     dataset = load_shots(shots)
     features, labels = image_features(opened, dataset, cache_dir=cache_dir, provider="cpu")
     space = PromptSpace.build(opened, list(dataset.classnames), seed=seed)
-    objective = PromptObjective(text_encoder(opened, space, provider="cpu"), features, labels,
-                                logit_scale=opened.logit_scale)
+    objective = PromptObjective(
+        text_encoder(opened, space, provider="cpu"),
+        features,
+        labels,
+        logit_scale=opened.logit_scale,
+    )
     optimizer = make_optimizer("sharpzo", space.dim, preset="edge", seed=seed)
     state, used = optimizer.init(np.zeros(space.dim)), 0
     while True:
@@ -313,16 +425,35 @@ def short_fit_prompt(bundle: str | Path, shots: str | Path, *, queries: int = GA
         state, _ = optimizer.tell(state, objective(W))
         used += len(W)
     spec = space.spec()
-    options = {"init": spec["init"], "dim": spec["dim"], "seed": spec["seed"],
-               "parameterisation": spec["parameterisation"], "projection_std": spec["projection_std"]}
-    record = {"made_by": "short fit on the fp32 bundle", "shots": str(shots), "queries": used,
-              "optimizer": "sharpzo", "preset": "edge", "seed": seed}
+    options = {
+        "init": spec["init"],
+        "dim": spec["dim"],
+        "seed": spec["seed"],
+        "parameterisation": spec["parameterisation"],
+        "projection_std": spec["projection_std"],
+    }
+    record = {
+        "made_by": "short fit on the fp32 bundle",
+        "shots": str(shots),
+        "queries": used,
+        "optimizer": "sharpzo",
+        "preset": "edge",
+        "seed": seed,
+    }
     return (np.asarray(optimizer.params(state), dtype=np.float64), options), record
 
 
-def accuracy_gate(reference: str | Path, candidate: str | Path, eval_data: Any, *,
-                  tuned_prompt: Any = None, provider: str = "cpu", threads: int | None = None,
-                  cache_dir: str | Path | None = None, candidate_name: str = "candidate") -> dict[str, Any]:
+def accuracy_gate(
+    reference: str | Path,
+    candidate: str | Path,
+    eval_data: Any,
+    *,
+    tuned_prompt: Any = None,
+    provider: str = "cpu",
+    threads: int | None = None,
+    cache_dir: str | Path | None = None,
+    candidate_name: str = "candidate",
+) -> dict[str, Any]:
     """Zero-shot (and tuned) accuracy of `candidate` vs its fp32 `reference` on `eval_data`.
 
     `eval_data`: a shots-layout folder or a loaded `Dataset`.
@@ -333,8 +464,8 @@ def accuracy_gate(reference: str | Path, candidate: str | Path, eval_data: Any, 
     """
     from edge_tune.bundle import open_bundle
     from edge_tune.data import load_shots
-    from edge_tune.features import image_features
     from edge_tune.encoders import text_encoder
+    from edge_tune.features import image_features
     from edge_tune.objective import PromptObjective
     from edge_tune.prompts import PromptSpace
 
@@ -343,30 +474,40 @@ def accuracy_gate(reference: str | Path, candidate: str | Path, eval_data: Any, 
     rows = {}
     for label, path in (("fp32", reference), ("candidate", candidate)):
         bundle = open_bundle(path)
-        features, labels = image_features(bundle, dataset, cache_dir=cache_dir, provider=provider,
-                                          threads=threads)
+        features, labels = image_features(
+            bundle, dataset, cache_dir=cache_dir, provider=provider, threads=threads
+        )
         space = PromptSpace.build(bundle, list(dataset.classnames), **space_options)
         W = np.zeros((1 if w is None else 2, space.dim))
         if w is not None:
             W[1] = w
         # the candidate's every text graph must hold: fit scores with text_shared.onnx when the
         # bundle has it, eval's templates with text.onnx; a candidate counts by its worse one
-        shared = [True, False] if label == "candidate" and bundle.has_graph("text_shared") else [None]
+        shared = (
+            [True, False] if label == "candidate" and bundle.has_graph("text_shared") else [None]
+        )
         worst = None
         for shared_prefix in shared:
-            encoder = text_encoder(bundle, space, provider=provider, threads=threads,
-                                   shared_prefix=shared_prefix)
+            encoder = text_encoder(
+                bundle, space, provider=provider, threads=threads, shared_prefix=shared_prefix
+            )
             objective = PromptObjective(encoder, features, labels, logit_scale=bundle.logit_scale)
             accuracies = objective.evaluate(W)[1]
             worst = accuracies if worst is None else np.minimum(worst, accuracies)
         rows[label] = [100.0 * float(a) for a in worst]
     names = ["zero-shot", "tuned"][: len(rows["fp32"])]
     drops = [a - b for a, b in zip(rows["fp32"], rows["candidate"])]
-    summary = ", ".join(f"{n} {candidate_name} {a:.1f}% vs fp32 {b:.1f}%"
-                        for n, a, b in zip(names, rows["candidate"], rows["fp32"]))
-    return {"images": len(dataset.samples), "fp32": dict(zip(names, _rounded(rows["fp32"]))),
-            "candidate": dict(zip(names, _rounded(rows["candidate"]))),
-            "worst_drop_points": round(max(drops), 6), "summary": summary}
+    summary = ", ".join(
+        f"{n} {candidate_name} {a:.1f}% vs fp32 {b:.1f}%"
+        for n, a, b in zip(names, rows["candidate"], rows["fp32"])
+    )
+    return {
+        "images": len(dataset.samples),
+        "fp32": dict(zip(names, _rounded(rows["fp32"]))),
+        "candidate": dict(zip(names, _rounded(rows["candidate"]))),
+        "worst_drop_points": round(max(drops), 6),
+        "summary": summary,
+    }
 
 
 def _data_path(data: Any) -> Path:
@@ -390,16 +531,21 @@ def _tuned_vector(tuned: str | Path | np.ndarray | None) -> tuple[np.ndarray | N
     path = Path(tuned)
     path = path / "prompt.npz" if path.is_dir() else path
     if not path.is_file():
-        raise ExportError("no tuned prompt there", path=path, hint="give a run directory of `edge-tune fit`")
+        raise ExportError(
+            "no tuned prompt there", path=path, hint="give a run directory of `edge-tune fit`"
+        )
     with np.load(path, allow_pickle=False) as data:
         w = np.asarray(data["w"], dtype=np.float64)
         w = w.reshape(-1, w.shape[-1])[0]  # a fit run's prompt.npz holds one prompt per fold
         options: dict[str, Any] = {"dim": int(w.shape[-1])}
         if "spec" in data.files:  # edge-tune fit's prompt.npz: the prompt space's own spec
             spec = json.loads(str(data["spec"]))
-            options.update(init=spec["init"], seed=int(spec["seed"]),
-                           parameterisation=spec.get("parameterisation", "sharpzo"),
-                           projection_std=spec.get("projection_std"))
+            options.update(
+                init=spec["init"],
+                seed=int(spec["seed"]),
+                parameterisation=spec.get("parameterisation", "sharpzo"),
+                projection_std=spec.get("projection_std"),
+            )
         else:
             if "projection_seed" in data.files:
                 options["seed"] = int(data["projection_seed"])
@@ -424,10 +570,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reduce-range", action="store_true")
     args = parser.parse_args(argv)
     try:
-        manifest = quantize_bundle(args.src, args.out, args.mode, gate_data=args.gate_data,
-                                   gate_prompt=args.gate_prompt, gate_shots=args.gate_shots,
-                                   max_drop_points=args.max_drop, reduce_range=args.reduce_range,
-                                   echo=lambda line: print(line, file=sys.stderr))
+        manifest = quantize_bundle(
+            args.src,
+            args.out,
+            args.mode,
+            gate_data=args.gate_data,
+            gate_prompt=args.gate_prompt,
+            gate_shots=args.gate_shots,
+            max_drop_points=args.max_drop,
+            reduce_range=args.reduce_range,
+            echo=lambda line: print(line, file=sys.stderr),
+        )
     except ExportError as err:
         raise SystemExit(f"Error: {err}") from None
     print(json.dumps(manifest["quantization"], indent=2))

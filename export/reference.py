@@ -54,8 +54,10 @@ def load_clip_model(bundle_dir: str | Path) -> tuple[nn.Module, str]:
             model = None
     if model is not None:
         return model.eval(), source
-    config = CLIPConfig(text_config=_text_config_from_graph(Path(bundle_dir), manifest),
-                        projection_dim=manifest["dims"]["projection_dim"])
+    config = CLIPConfig(
+        text_config=_text_config_from_graph(Path(bundle_dir), manifest),
+        projection_dim=manifest["dims"]["projection_dim"],
+    )
     torch.manual_seed(0)
     return CLIPModel(config).eval(), "random (same shapes as the bundle; source not available here)"
 
@@ -74,19 +76,38 @@ def _text_config_from_graph(bundle_dir: Path, manifest: dict) -> dict:
     graph = onnx.load(str(bundle_dir / "text.onnx"), load_external_data=False).graph
     width = int(manifest["dims"]["text_width"])
     layers = sum(1 for node in graph.node if node.op_type == "Softmax")
-    hidden = max((int(i.dims[0]) * int(i.dims[1]) // width for i in graph.initializer
-                  if len(i.dims) == 2 and width in tuple(i.dims)), default=4 * width)
-    return {"hidden_size": width, "intermediate_size": hidden, "num_hidden_layers": layers,
-            "num_attention_heads": max(1, width // 64),
-            "max_position_embeddings": int(manifest["dims"]["context_length"]),
-            "vocab_size": int(manifest["dims"]["vocab_size"]), "hidden_act": "quick_gelu"}
+    hidden = max(
+        (
+            int(i.dims[0]) * int(i.dims[1]) // width
+            for i in graph.initializer
+            if len(i.dims) == 2 and width in tuple(i.dims)
+        ),
+        default=4 * width,
+    )
+    return {
+        "hidden_size": width,
+        "intermediate_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": max(1, width // 64),
+        "max_position_embeddings": int(manifest["dims"]["context_length"]),
+        "vocab_size": int(manifest["dims"]["vocab_size"]),
+        "hidden_act": "quick_gelu",
+    }
 
 
 class EagerReference:
     """SharpZO's released scoring path in PyTorch eager: one candidate at a time, 77-token prompts."""
 
-    def __init__(self, bundle_dir: str | Path, space: Any, features: np.ndarray, labels: np.ndarray,
-                 *, logit_scale: float, threads: int | None = None):
+    def __init__(
+        self,
+        bundle_dir: str | Path,
+        space: Any,
+        features: np.ndarray,
+        labels: np.ndarray,
+        *,
+        logit_scale: float,
+        threads: int | None = None,
+    ):
         if threads:
             torch.set_num_threads(int(threads))
         model, self.weights = load_clip_model(bundle_dir)
@@ -112,9 +133,18 @@ class EagerReference:
         return np.asarray(out, dtype=np.float64)
 
 
-def first_order_tune(bundle_dir: str | Path, space: Any, features: np.ndarray, labels: np.ndarray,
-                     *, logit_scale: float, steps: int = 5, lr: float = 1e-3,
-                     threads: int | None = None, full_length: bool = True) -> dict:
+def first_order_tune(
+    bundle_dir: str | Path,
+    space: Any,
+    features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    logit_scale: float,
+    steps: int = 5,
+    lr: float = 1e-3,
+    threads: int | None = None,
+    full_length: bool = True,
+) -> dict:
     """Adam on w through autograd (CoOp-style), SharpZO's parameterisation; returns losses and timing.
 
     Prompts are built in torch as [SOT] (ctx0 + reshape(A w)) suffix from the prompt space's own
@@ -130,7 +160,9 @@ def first_order_tune(bundle_dir: str | Path, space: Any, features: np.ndarray, l
         raise ValueError("first_order_tune needs the sharpzo parameterisation (a projection A)")
     if full_length:
         space = space.padded(min(FULL_LENGTH, space.context_length))
-    base = torch.from_numpy(np.ascontiguousarray(space.base, dtype=np.float32))   # [K, L, D], ctx0 at 1..m
+    base = torch.from_numpy(
+        np.ascontiguousarray(space.base, dtype=np.float32)
+    )  # [K, L, D], ctx0 at 1..m
     projection = torch.from_numpy(np.asarray(space.projection, dtype=np.float32))  # [m*D, d]
     count = space.m
     eot_index = torch.from_numpy(np.asarray(space.eot_index, dtype=np.int64))
@@ -142,12 +174,18 @@ def first_order_tune(bundle_dir: str | Path, space: Any, features: np.ndarray, l
     losses, started = [], time.perf_counter()
     for _ in range(steps):
         ctx = (projection @ w).view(1, count, width).expand(classes, count, width)
-        prompts = torch.cat([base[:, :1], base[:, 1:1 + count] + ctx, base[:, 1 + count:]], dim=1)
+        prompts = torch.cat(
+            [base[:, :1], base[:, 1 : 1 + count] + ctx, base[:, 1 + count :]], dim=1
+        )
         logits = logit_scale * x @ encoder(prompts, eot_index).T
         loss = F.cross_entropy(logits, y)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
         losses.append(float(loss.detach()))
-    return {"losses": losses, "seconds_per_step": (time.perf_counter() - started) / max(1, steps),
-            "weights": weights, "w": w.detach().numpy().astype(np.float64)}
+    return {
+        "losses": losses,
+        "seconds_per_step": (time.perf_counter() - started) / max(1, steps),
+        "weights": weights,
+        "w": w.detach().numpy().astype(np.float64),
+    }

@@ -24,8 +24,11 @@ def load_registry(path: Path = REGISTRY_FILE) -> dict[str, dict]:
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))["models"]
     except (OSError, ValueError, KeyError) as err:
-        raise ExportError(f"cannot read the model registry ({err})", path=path,
-                          hint="reinstall edge-tune[export]; the registry ships with it") from None
+        raise ExportError(
+            f"cannot read the model registry ({err})",
+            path=path,
+            hint="reinstall edge-tune[export]; the registry ships with it",
+        ) from None
 
 
 def known_names() -> list[str]:
@@ -36,8 +39,10 @@ def lookup(name: str) -> dict:
     """The registry entry for `name`; an unknown name lists the known ones."""
     entry = load_registry().get(name)
     if entry is None:
-        raise ExportError(f"unknown model {name!r}; known models: {', '.join(known_names())}",
-                          hint="or pass --source DIR with a CLIPModel save_pretrained directory")
+        raise ExportError(
+            f"unknown model {name!r}; known models: {', '.join(known_names())}",
+            hint="or pass --source DIR with a CLIPModel save_pretrained directory",
+        )
     return entry
 
 
@@ -45,8 +50,11 @@ def clip_config(entry: dict):
     """The `transformers.CLIPConfig` of a `random` entry."""
     from transformers import CLIPConfig
 
-    return CLIPConfig(text_config=dict(entry["text_config"]), vision_config=dict(entry["vision_config"]),
-                      projection_dim=entry["projection_dim"])
+    return CLIPConfig(
+        text_config=dict(entry["text_config"]),
+        vision_config=dict(entry["vision_config"]),
+        projection_dim=entry["projection_dim"],
+    )
 
 
 def build_model(name: str):

@@ -29,9 +29,16 @@ def export_text_graph(model, path: Path, *, opset: int = DEFAULT_OPSET) -> None:
     embeds = torch.randn(3, length, text.hidden_size)
     eot = torch.tensor([length - 1, 5, 9], dtype=torch.int64)
     count, seq = torch.export.Dim("C", min=1), torch.export.Dim("L", min=2, max=length)
-    _export(PromptTextEncoder(model).eval(), (embeds, eot), path, opset=opset,
-            input_names=["prompt_embeds", "eot_index"], output_names=["text_embeds"],
-            dynamic_shapes={"prompt_embeds": {0: count, 1: seq}, "eot_index": {0: count}}, role="text")
+    _export(
+        PromptTextEncoder(model).eval(),
+        (embeds, eot),
+        path,
+        opset=opset,
+        input_names=["prompt_embeds", "eot_index"],
+        output_names=["text_embeds"],
+        dynamic_shapes={"prompt_embeds": {0: count, 1: seq}, "eot_index": {0: count}},
+        role="text",
+    )
 
 
 def export_shared_text_graph(model, path: Path, *, opset: int = DEFAULT_OPSET) -> None:
@@ -39,32 +46,71 @@ def export_shared_text_graph(model, path: Path, *, opset: int = DEFAULT_OPSET) -
     text_embeds [n,K,P'] (P + S <= the context length; the runtime never asks for more)."""
     text = model.config.text_config
     length, width = text.max_position_embeddings, text.hidden_size
-    example = (torch.randn(3, 5, width), torch.randn(3, 4, 6, width),
-               torch.tensor([[1, 2, 3, 5]] * 3, dtype=torch.int64))
+    example = (
+        torch.randn(3, 5, width),
+        torch.randn(3, 4, 6, width),
+        torch.tensor([[1, 2, 3, 5]] * 3, dtype=torch.int64),
+    )
     n, k = torch.export.Dim("n", min=1), torch.export.Dim("K", min=1)
-    p, s = torch.export.Dim("P", min=1, max=length - 1), torch.export.Dim("S", min=1, max=length - 1)
-    _export(SharedPrefixTextEncoder(model).eval(), example, path, opset=opset,
-            input_names=["prefix_embeds", "suffix_embeds", "eot_in_suffix"], output_names=["text_embeds"],
-            dynamic_shapes={"prefix_embeds": {0: n, 1: p}, "suffix_embeds": {0: n, 1: k, 2: s},
-                            "eot_in_suffix": {0: n, 1: k}}, role="text_shared")
+    p, s = (
+        torch.export.Dim("P", min=1, max=length - 1),
+        torch.export.Dim("S", min=1, max=length - 1),
+    )
+    _export(
+        SharedPrefixTextEncoder(model).eval(),
+        example,
+        path,
+        opset=opset,
+        input_names=["prefix_embeds", "suffix_embeds", "eot_in_suffix"],
+        output_names=["text_embeds"],
+        dynamic_shapes={
+            "prefix_embeds": {0: n, 1: p},
+            "suffix_embeds": {0: n, 1: k, 2: s},
+            "eot_in_suffix": {0: n, 1: k},
+        },
+        role="text_shared",
+    )
 
 
 def export_image_graph(model, path: Path, *, opset: int = DEFAULT_OPSET) -> None:
     """image.onnx: pixel_values [B,3,H,W] -> image_embeds [B,P]."""
     size = model.config.vision_config.image_size
     pixels = torch.randn(2, 3, size, size)
-    _export(ImageEncoder(model).eval(), (pixels,), path, opset=opset, input_names=["pixel_values"],
-            output_names=["image_embeds"], dynamic_shapes={"pixel_values": {0: torch.export.Dim("B", min=1)}},
-            role="image")
+    _export(
+        ImageEncoder(model).eval(),
+        (pixels,),
+        path,
+        opset=opset,
+        input_names=["pixel_values"],
+        output_names=["image_embeds"],
+        dynamic_shapes={"pixel_values": {0: torch.export.Dim("B", min=1)}},
+        role="image",
+    )
 
 
-def _export(module, args, path: Path, *, opset, input_names, output_names, dynamic_shapes, role) -> None:
+def _export(
+    module, args, path: Path, *, opset, input_names, output_names, dynamic_shapes, role
+) -> None:
     quiet = io.StringIO()
-    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(quiet), _quiet_logs():
+    with (
+        torch.no_grad(),
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(quiet),
+        _quiet_logs(),
+    ):
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, str(path), dynamo=True, external_data=False, opset_version=opset,
-                          input_names=input_names, output_names=output_names,
-                          dynamic_shapes=dynamic_shapes, verbose=False)
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            dynamo=True,
+            external_data=False,
+            opset_version=opset,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_shapes=dynamic_shapes,
+            verbose=False,
+        )
     proto = onnx.load(str(path))
     stamp = {"edge_tune.role": role, "edge_tune.format_version": str(FORMAT_VERSION)}
     kept = [p for p in proto.metadata_props if p.key not in stamp]
@@ -78,7 +124,9 @@ def _export(module, args, path: Path, *, opset, input_names, output_names, dynam
 @contextlib.contextmanager
 def _quiet_logs():
     """The exporter logs its progress on INFO/WARNING; a user needs only the parity lines."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript", "torch._dynamo")]
+    loggers = [
+        logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript", "torch._dynamo")
+    ]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)

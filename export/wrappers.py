@@ -29,7 +29,9 @@ class PromptTextEncoder(nn.Module):
         positions = torch.arange(length, device=hidden.device)
         future = positions[None, :] > positions[:, None]
         mask = torch.where(future, torch.finfo(hidden.dtype).min, 0.0).to(hidden.dtype)
-        hidden = self.encoder(inputs_embeds=hidden, attention_mask=mask[None, None]).last_hidden_state
+        hidden = self.encoder(
+            inputs_embeds=hidden, attention_mask=mask[None, None]
+        ).last_hidden_state
         hidden = self.final_layer_norm(hidden)
         pooled = hidden[torch.arange(count, device=hidden.device), eot_index]
         return F.normalize(self.text_projection(pooled), dim=-1)
@@ -75,34 +77,47 @@ class SharedPrefixTextEncoder(nn.Module):
         """[rows, D] -> [*lead, heads, T, head_width]."""
         return x.reshape(*lead, self.heads, self.head_width).transpose(-2, -3)
 
-    def forward(self, prefix_embeds: torch.Tensor, suffix_embeds: torch.Tensor,
-                eot_in_suffix: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, prefix_embeds: torch.Tensor, suffix_embeds: torch.Tensor, eot_in_suffix: torch.Tensor
+    ) -> torch.Tensor:
         n, p, width = prefix_embeds.shape
         k, s = suffix_embeds.shape[1], suffix_embeds.shape[2]
         positions = self.position_embedding.weight
         # Prefix rows and suffix rows go through every weight GEMM together, as one [rows, D]
         # matrix: one MatMul per weight in the graph, so ORT keeps one prepacked copy of it.
         rows_p = n * p
-        hidden = torch.cat([(prefix_embeds + positions[:p]).reshape(rows_p, width),
-                            (suffix_embeds + positions[p:p + s]).reshape(n * k * s, width)])
+        hidden = torch.cat(
+            [
+                (prefix_embeds + positions[:p]).reshape(rows_p, width),
+                (suffix_embeds + positions[p : p + s]).reshape(n * k * s, width),
+            ]
+        )
         ip, is_ = torch.arange(p), torch.arange(s)
         mask_p = torch.where(ip[None, :] > ip[:, None], float("-inf"), 0.0)
         mask_s = torch.where(is_[None, :] > is_[:, None], float("-inf"), 0.0)
-        scale = self.head_width ** -0.5
+        scale = self.head_width**-0.5
         for layer in self.layers:
             attention = layer.self_attn
             normed = layer.layer_norm1(hidden)
-            q, key, value = (attention.q_proj(normed) * scale, attention.k_proj(normed),
-                             attention.v_proj(normed))
+            q, key, value = (
+                attention.q_proj(normed) * scale,
+                attention.k_proj(normed),
+                attention.v_proj(normed),
+            )
             qp, kp, vp = (self._heads(t[:rows_p], n, p) for t in (q, key, value))  # [n,H,P,hd]
             qs, ks, vs = (self._heads(t[rows_p:], n, k, s) for t in (q, key, value))  # [n,K,H,S,hd]
             out_p = torch.softmax(qp @ kp.transpose(-1, -2) + mask_p, -1) @ vp
-            scores = torch.cat([qs @ kp.unsqueeze(1).transpose(-1, -2),
-                                qs @ ks.transpose(-1, -2) + mask_s], -1)
+            scores = torch.cat(
+                [qs @ kp.unsqueeze(1).transpose(-1, -2), qs @ ks.transpose(-1, -2) + mask_s], -1
+            )
             probs = torch.softmax(scores, -1)
             out_s = probs[..., :p] @ vp.unsqueeze(1) + probs[..., p:] @ vs
-            mixed = torch.cat([out_p.transpose(-2, -3).reshape(rows_p, width),
-                               out_s.transpose(-2, -3).reshape(n * k * s, width)])
+            mixed = torch.cat(
+                [
+                    out_p.transpose(-2, -3).reshape(rows_p, width),
+                    out_s.transpose(-2, -3).reshape(n * k * s, width),
+                ]
+            )
             hidden = hidden + attention.out_proj(mixed)
             hidden = hidden + layer.mlp(layer.layer_norm2(hidden))
         hidden_s = hidden[rows_p:].reshape(n, k, s, width)

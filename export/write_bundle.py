@@ -25,24 +25,35 @@ def check_target(out: Path, identity: dict) -> None:
     if not out.exists():
         return
     if not out.is_dir():
-        raise ExportError("--out exists and is not a directory", path=out, hint="choose another --out")
+        raise ExportError(
+            "--out exists and is not a directory", path=out, hint="choose another --out"
+        )
     if not any(out.iterdir()):
         return
     try:
         old = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        raise ExportError("--out is a non-empty directory that is not an edge-tune bundle", path=out,
-                          hint="choose an empty or new --out") from None
+        raise ExportError(
+            "--out is a non-empty directory that is not an edge-tune bundle",
+            path=out,
+            hint="choose an empty or new --out",
+        ) from None
     if bundle_identity(old) != identity:
-        raise ExportError(f"--out already holds a different bundle ({old.get('model', {}).get('name')!r} "
-                          f"from {old.get('model', {}).get('source')!r})", path=out,
-                          hint="choose another --out or delete that bundle first")
+        raise ExportError(
+            f"--out already holds a different bundle ({old.get('model', {}).get('name')!r} "
+            f"from {old.get('model', {}).get('source')!r})",
+            path=out,
+            hint="choose another --out or delete that bundle first",
+        )
 
 
 def bundle_identity(manifest: dict) -> dict:
     """What makes two exports 'the same bundle': model name and source, dims, format version."""
-    return {"model": manifest.get("model"), "dims": manifest.get("dims"),
-            "format_version": manifest.get("format_version")}
+    return {
+        "model": manifest.get("model"),
+        "dims": manifest.get("dims"),
+        "format_version": manifest.get("format_version"),
+    }
 
 
 def make_staging_dir(out: Path) -> Path:
@@ -58,8 +69,10 @@ def make_staging_dir(out: Path) -> Path:
 def finish_bundle(staging: Path, out: Path, manifest: dict) -> Path:
     """Hash every file into the manifest, fsync, and rename `staging` to `out`."""
     names = [*BUNDLE_FILES, *(name for name in OPTIONAL_FILES if (staging / name).is_file())]
-    manifest["files"] = {name: {"sha256": sha256_file(staging / name), "bytes": (staging / name).stat().st_size}
-                         for name in names}
+    manifest["files"] = {
+        name: {"sha256": sha256_file(staging / name), "bytes": (staging / name).stat().st_size}
+        for name in names
+    }
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     for name in (*names, MANIFEST):
         fsync_file(staging / name)
@@ -75,4 +88,11 @@ def finish_bundle(staging: Path, out: Path, manifest: dict) -> Path:
     return out
 
 
-__all__ = ["BUNDLE_FILES", "OPTIONAL_FILES", "check_target", "finish_bundle", "make_staging_dir", "sha256_file"]
+__all__ = [
+    "BUNDLE_FILES",
+    "OPTIONAL_FILES",
+    "check_target",
+    "finish_bundle",
+    "make_staging_dir",
+    "sha256_file",
+]

@@ -30,9 +30,12 @@ def eval_set(root: Path):
     shots = load_shots(root / "shots")
     evaluation = load_eval(root / "eval", shots)
     if len(evaluation.samples) > MAX_EVAL:
-        keep = np.sort(np.random.default_rng(0).choice(len(evaluation.samples), MAX_EVAL, replace=False))
-        evaluation = Dataset(list(evaluation.classnames), [evaluation.samples[i] for i in keep],
-                             evaluation.root)
+        keep = np.sort(
+            np.random.default_rng(0).choice(len(evaluation.samples), MAX_EVAL, replace=False)
+        )
+        evaluation = Dataset(
+            list(evaluation.classnames), [evaluation.samples[i] for i in keep], evaluation.root
+        )
     return evaluation
 
 
@@ -45,19 +48,27 @@ def main(argv: list[str]) -> None:
     for name, root in tasks.items():
         evaluation = eval_set(root)
         prompt, _ = short_fit_prompt(fp32, root / "shots", cache_dir=cache)
-        by_int8 = accuracy_gate(fp32, int8, evaluation, tuned_prompt=prompt, cache_dir=cache,
-                                candidate_name="int8")
-        by_fp16 = accuracy_gate(fp32, fp16, evaluation, tuned_prompt=prompt, cache_dir=cache,
-                                candidate_name="fp16")
+        by_int8 = accuracy_gate(
+            fp32, int8, evaluation, tuned_prompt=prompt, cache_dir=cache, candidate_name="int8"
+        )
+        by_fp16 = accuracy_gate(
+            fp32, fp16, evaluation, tuned_prompt=prompt, cache_dir=cache, candidate_name="fp16"
+        )
         a, b, c = by_int8["fp32"], by_int8["candidate"], by_fp16["candidate"]
-        print(f"| {name} | {len(evaluation.samples)} "
-              f"| {a['zero-shot']:.1f} / {b['zero-shot']:.1f} / {c['zero-shot']:.1f} "
-              f"| {a['tuned']:.1f} / {b['tuned']:.1f} / {c['tuned']:.1f} |", flush=True)
+        print(
+            f"| {name} | {len(evaluation.samples)} "
+            f"| {a['zero-shot']:.1f} / {b['zero-shot']:.1f} / {c['zero-shot']:.1f} "
+            f"| {a['tuned']:.1f} / {b['tuned']:.1f} / {c['tuned']:.1f} |",
+            flush=True,
+        )
     print()
     for label, bundle in (("fp32", fp32), ("int8", int8), ("fp16", fp16)):
         files = json.loads((bundle / "manifest.json").read_text())["files"]
-        print(f"{label}: {sum(f['bytes'] for f in files.values()) / 1e6:.2f} MB ("
-              + ", ".join(f"{k} {v['bytes'] / 1e6:.2f}" for k, v in files.items()) + ")")
+        print(
+            f"{label}: {sum(f['bytes'] for f in files.values()) / 1e6:.2f} MB ("
+            + ", ".join(f"{k} {v['bytes'] / 1e6:.2f}" for k, v in files.items())
+            + ")"
+        )
 
 
 if __name__ == "__main__":

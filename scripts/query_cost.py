@@ -22,10 +22,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from edge_tune.bundle import open_bundle  # noqa: E402
-from edge_tune.encoders import PlainEncoder  # noqa: E402
-from edge_tune.objective import PromptObjective  # noqa: E402
-from edge_tune.prompts import PromptSpace  # noqa: E402
+from edge_tune.bundle import open_bundle
+from edge_tune.encoders import PlainEncoder
+from edge_tune.objective import PromptObjective
+from edge_tune.prompts import PromptSpace
 
 ADJECTIVES = [
     "red",
@@ -67,8 +67,9 @@ def measure(bundle, session, k: int, truncate: bool, population: int, repeats: i
     features = rng.standard_normal((16 * k, bundle.projection_dim)).astype(np.float32)
     features /= np.linalg.norm(features, axis=1, keepdims=True)
     labels = np.repeat(np.arange(k), 16)
-    objective = PromptObjective(PlainEncoder(session, space), features, labels,
-                                logit_scale=bundle.logit_scale)
+    objective = PromptObjective(
+        PlainEncoder(session, space), features, labels, logit_scale=bundle.logit_scale
+    )
     W = rng.standard_normal((population, space.dim)) * 0.1
     objective(W)  # warm-up: arena growth, first-run kernels
     times = []

@@ -48,8 +48,9 @@ def main() -> None:
     space = PromptSpace.build(bundle, benchmark_classnames(args.classes), seed=0)
     session = TimedSession(bundle.text_session(threads=args.threads))
     features, labels = random_features(16 * args.classes, int(bundle.projection_dim), args.classes)
-    objective = PromptObjective(PlainEncoder(session, space), features, labels,
-                                logit_scale=bundle.logit_scale)
+    objective = PromptObjective(
+        PlainEncoder(session, space), features, labels, logit_scale=bundle.logit_scale
+    )
     optimizer = make_optimizer("cma", space.dim, seed=0, population_size=args.population)
     state = optimizer.init(np.zeros(space.dim))
     gap = constants(space.dim, args.population, True, False).eigen_gap
@@ -64,31 +65,41 @@ def main() -> None:
         ort = session.seconds / (n + 1) * 1e3
         parts = {
             "score (loss + accuracy)": milliseconds(
-                lambda: score(features, labels, text, bundle.logit_scale), n),
-            "prompt rows": milliseconds(
-                lambda: space.prompt_rows(W, 0, len(W) * args.classes), n),
+                lambda: score(features, labels, text, bundle.logit_scale), n
+            ),
+            "prompt rows": milliseconds(lambda: space.prompt_rows(W, 0, len(W) * args.classes), n),
             "CMA-ES ask (sample)": milliseconds(
-                lambda: optimizer.ask(optimizer.init(np.zeros(space.dim))), n),
+                lambda: optimizer.ask(optimizer.init(np.zeros(space.dim))), n
+            ),
             "CMA-ES tell (no eigh)": milliseconds(lambda: optimizer.tell(state, losses), n),
         }
         eigh = milliseconds(lambda: np.linalg.eigh(covariance), max(3, n // 10))
-    print(f"{bundle.manifest['model']['name']}: {args.population} x {args.classes}, d = {space.dim}, "
-          f"ORT threads {args.threads}, BLAS 1 thread")
-    print(f"objective call {call:.2f} ms: ORT {ort:.2f} ms, the rest {call - ort:.2f} ms "
-          f"({100 * (call - ort) / call:.1f}%)")
+    print(
+        f"{bundle.manifest['model']['name']}: {args.population} x {args.classes}, d = {space.dim}, "
+        f"ORT threads {args.threads}, BLAS 1 thread"
+    )
+    print(
+        f"objective call {call:.2f} ms: ORT {ort:.2f} ms, the rest {call - ort:.2f} ms "
+        f"({100 * (call - ort) / call:.1f}%)"
+    )
     for name, ms in parts.items():
         print(f"  {name:26s} {ms:7.2f} ms")
-    print(f"  {'CMA-ES eigh (d x d)':26s} {eigh:7.2f} ms every {gap:.1f} generations = "
-          f"{eigh / gap:.2f} ms per step")
+    print(
+        f"  {'CMA-ES eigh (d x d)':26s} {eigh:7.2f} ms every {gap:.1f} generations = "
+        f"{eigh / gap:.2f} ms per step"
+    )
     print("whole steps (ask, objective, tell), mean over many steps:")
     for name in ("sharpzo", "cma", "zo", "spsa-clip"):  # sharpzo (fit's): its first stage here
         step, ort, size = whole_steps(name, objective, session, space.dim, args.population, n)
-        print(f"  {name:10s} {size:3d} queries/step: step {step:8.2f} ms, ORT {ort:8.2f} ms, "
-              f"the rest {100 * (step - ort) / step:.1f}%")
+        print(
+            f"  {name:10s} {size:3d} queries/step: step {step:8.2f} ms, ORT {ort:8.2f} ms, "
+            f"the rest {100 * (step - ort) / step:.1f}%"
+        )
 
 
-def whole_steps(name: str, objective, session, dim: int, population: int, repeats: int
-                ) -> tuple[float, float, int]:
+def whole_steps(
+    name: str, objective, session, dim: int, population: int, repeats: int
+) -> tuple[float, float, int]:
     """(ms per step, ms of it inside ORT, queries per step) of `name`'s loop (edge preset); `cma`
     at `population`."""
     extra = {"population_size": population} if name == "cma" else {}

@@ -20,11 +20,17 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-def export_in_subprocess(model: str, out: Path, *extra: str,
-                         timeout: float = 900) -> subprocess.CompletedProcess:
+def export_in_subprocess(
+    model: str, out: Path, *extra: str, timeout: float = 900
+) -> subprocess.CompletedProcess:
     """`edge-tune export MODEL --out OUT ...` exactly as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "edge_tune", "export", model, "--out", str(out), *extra],
-                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "edge_tune", "export", model, "--out", str(out), *extra],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -44,9 +50,17 @@ def tiny_bundle(tmp_path_factory) -> Path:
 def run_cli():
     """run_cli("info", BUNDLE, "--json") -> CompletedProcess of `python -m edge_tune ...` (text, captured)."""
 
-    def run(*args, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    def run(
+        *args, env: dict[str, str] | None = None, timeout: float = 600
+    ) -> subprocess.CompletedProcess:
         full_env = {**os.environ, **(env or {})}
-        return subprocess.run([sys.executable, "-m", "edge_tune", *map(str, args)], capture_output=True,
-                              text=True, timeout=timeout, cwd=REPO, env=full_env)
+        return subprocess.run(
+            [sys.executable, "-m", "edge_tune", *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=REPO,
+            env=full_env,
+        )
 
     return run

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from deploy_support import MINIWORLD_BUNDLE, MINIWORLD_DEMO, REPO, write_photos
 
 APP = REPO / "deploy" / "app" / "photo_sorter.py"
@@ -24,8 +23,6 @@ def load_app():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
 
 
 def label(home: Path, classes: dict[str, int], seed: int) -> None:
@@ -39,9 +36,13 @@ def test_app_predicts_while_it_learns_and_swaps_finished_classifiers_in(tmp_path
 
     home = tmp_path / "home"
     swaps = []
-    live = app_module.LiveClassifier(tiny_bundle, home, config=FitConfig(folds=2),
-                                     budget=Budget(queries=40, seconds=120.0),
-                                     on_swap=lambda run, result: swaps.append((run, result)))
+    live = app_module.LiveClassifier(
+        tiny_bundle,
+        home,
+        config=FitConfig(folds=2),
+        budget=Budget(queries=40, seconds=120.0),
+        on_swap=lambda run, result: swaps.append((run, result)),
+    )
     app = app_module.FolderApp(live, retune_after=3)
     with pytest.raises(EdgeTuneError, match="no classifier yet"):
         live.predict([])
@@ -51,7 +52,7 @@ def test_app_predicts_while_it_learns_and_swaps_finished_classifiers_in(tmp_path
     assert live.wait(timeout=300)
     first = live.classifier
     assert first is not None and first.classnames == ["green", "red"]
-    (run, result), = swaps
+    ((run, result),) = swaps
     assert result["queries"] <= 40  # the budget held
     assert os.readlink(home / "current") == f"runs/{run.name}"
     assert (run / "classifier.npz").is_file()
@@ -81,7 +82,9 @@ def test_app_predicts_while_it_learns_and_swaps_finished_classifiers_in(tmp_path
     # A restart picks up the current classifier from disk.
     reopened = app_module.LiveClassifier(tiny_bundle, home)
     assert reopened.classifier.classnames == ["blue", "green", "red"]
-    np.testing.assert_array_equal(reopened.classifier.class_features, live.classifier.class_features)
+    np.testing.assert_array_equal(
+        reopened.classifier.class_features, live.classifier.class_features
+    )
 
 
 def test_app_stopped_mid_tuning_keeps_the_current_classifier(tmp_path, tiny_bundle):
@@ -89,8 +92,12 @@ def test_app_stopped_mid_tuning_keeps_the_current_classifier(tmp_path, tiny_bund
     from edge_tune.fit import Budget, FitConfig
 
     home = tmp_path / "home"
-    live = app_module.LiveClassifier(tiny_bundle, home, config=FitConfig(folds=2),
-                                     budget=Budget(queries=1_000_000, seconds=600.0))
+    live = app_module.LiveClassifier(
+        tiny_bundle,
+        home,
+        config=FitConfig(folds=2),
+        budget=Budget(queries=1_000_000, seconds=600.0),
+    )
     write_photos(home / "shots", {"red": 4, "green": 4})
     assert live.retune()
     assert not live.retune()  # one at a time: a second request queues a re-run instead
@@ -106,10 +113,25 @@ def test_app_command_line_sorts_a_folder_once(tmp_path, tiny_bundle):
     (home / "incoming").mkdir()
     for photo in (home / "incoming-src" / "any").iterdir():
         shutil.move(photo, home / "incoming" / photo.name)
-    result = subprocess.run([sys.executable, str(APP), "--bundle", str(tiny_bundle), "--home", str(home),
-                             "--budget-queries", "40", "--budget-time", "2m", "--once"],
-                            capture_output=True, text=True, timeout=600,
-                            env=dict(os.environ, EDGE_TUNE_CACHE=str(tmp_path / "cache")))
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(APP),
+            "--bundle",
+            str(tiny_bundle),
+            "--home",
+            str(home),
+            "--budget-queries",
+            "40",
+            "--budget-time",
+            "2m",
+            "--once",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, EDGE_TUNE_CACHE=str(tmp_path / "cache")),
+    )
     assert result.returncode == 0, result.stderr
     assert "new classifier" in result.stderr
     assert len(result.stdout.splitlines()) == 2
@@ -117,14 +139,27 @@ def test_app_command_line_sorts_a_folder_once(tmp_path, tiny_bundle):
 
 
 def test_app_reports_a_bad_bundle_in_one_line(tmp_path):
-    result = subprocess.run([sys.executable, str(APP), "--bundle", str(tmp_path / "nope"), "--home",
-                             str(tmp_path / "home"), "--once"], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(APP),
+            "--bundle",
+            str(tmp_path / "nope"),
+            "--home",
+            str(tmp_path / "home"),
+            "--once",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1
     assert result.stderr.startswith("Error: ") and len(result.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (MINIWORLD_BUNDLE / "manifest.json").is_file(), reason="mini-world not shipped yet")
+@pytest.mark.skipif(
+    not (MINIWORLD_BUNDLE / "manifest.json").is_file(), reason="mini-world not shipped yet"
+)
 def test_app_on_the_mini_world_sorts_better_than_chance(tmp_path):
     """The README's app story on the shipped model: label the demo shots, sort the demo eval photos."""
     app_module = load_app()
@@ -134,7 +169,9 @@ def test_app_on_the_mini_world_sorts_better_than_chance(tmp_path):
     evaluation = MINIWORLD_DEMO / "eval"
     home = tmp_path / "home"
     shutil.copytree(shots, home / "label")
-    live = app_module.LiveClassifier(MINIWORLD_BUNDLE, home, budget=Budget(queries=600, seconds=300.0))
+    live = app_module.LiveClassifier(
+        MINIWORLD_BUNDLE, home, budget=Budget(queries=600, seconds=300.0)
+    )
     app = app_module.FolderApp(live)
     app.poll()
     assert live.wait(timeout=900) and live.classifier is not None

@@ -26,8 +26,14 @@ def bundle_dir(tiny_bundle) -> str:
 
 def run_cli(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """`edge-tune ARGS` in a fresh interpreter (the benchmarks spawn children of their own)."""
-    return subprocess.run([sys.executable, "-m", "edge_tune", *map(str, args)], capture_output=True,
-                          text=True, cwd=REPO, env=env or dict(os.environ), timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "edge_tune", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env or dict(os.environ),
+        timeout=600,
+    )
 
 
 def torch_blocked_env(tmp_path: Path) -> dict[str, str]:
@@ -53,12 +59,29 @@ def test_text_graph_cost_counts_every_weight_gemm_of_the_tiny_model(bundle_dir):
     assert cost.per_token_macs == layers * (4 * width * width + 2 * width * hidden)
     assert cost.per_prompt_macs == width * manifest["dims"]["projection_dim"]
     assert mlp_width(cost) == hidden
-    assert cost.macs(3, 7) == 3 * (7 * cost.per_token_macs + layers * 2 * 49 * width + cost.per_prompt_macs)
+    assert cost.macs(3, 7) == 3 * (
+        7 * cost.per_token_macs + layers * 2 * 49 * width + cost.per_prompt_macs
+    )
 
 
 def test_bench_speed_json_has_every_column_and_the_reference_agrees(bundle_dir):
-    done = run_cli(["bench", "speed", "--bundle", bundle_dir, "--classes", 4, "--population", 6,
-                    "--repeats", 2, "--threads", 1, "--json"])
+    done = run_cli(
+        [
+            "bench",
+            "speed",
+            "--bundle",
+            bundle_dir,
+            "--classes",
+            4,
+            "--population",
+            6,
+            "--repeats",
+            2,
+            "--threads",
+            1,
+            "--json",
+        ]
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     rows = report["rows"]
@@ -70,8 +93,11 @@ def test_bench_speed_json_has_every_column_and_the_reference_agrees(bundle_dir):
     # The reference rebuilds the exported model and scores the same candidate: same loss.
     assert rows["pytorch_eager"]["loss_diff_vs_objective"] < 1e-4
     assert report["length"] < 77  # truncated after EOT
-    assert set(report["ratios"]) >= {"objective_vs_pytorch_eager", "objective_vs_onnx_naive",
-                                     "objective_fraction_of_gemm"}
+    assert set(report["ratios"]) >= {
+        "objective_vs_pytorch_eager",
+        "objective_vs_onnx_naive",
+        "objective_fraction_of_gemm",
+    }
     overhead = report["python_overhead"]
     assert 0 <= overhead["objective_fraction"] < 1
     assert 0 <= overhead["objective_shared_fraction"] < 1
@@ -90,19 +116,37 @@ def test_bench_speed_json_has_every_column_and_the_reference_agrees(bundle_dir):
 
 
 def test_bench_speed_without_torch_marks_the_reference_not_installed(bundle_dir, tmp_path):
-    done = run_cli(["bench", "speed", "--bundle", bundle_dir, "--classes", 3, "--population", 2,
-                    "--repeats", 1, "--threads", 1], env=torch_blocked_env(tmp_path))
+    done = run_cli(
+        [
+            "bench",
+            "speed",
+            "--bundle",
+            bundle_dir,
+            "--classes",
+            3,
+            "--population",
+            2,
+            "--repeats",
+            1,
+            "--threads",
+            1,
+        ],
+        env=torch_blocked_env(tmp_path),
+    )
     assert done.returncode == 0, done.stderr
     table = done.stdout
-    assert "| PyTorch eager reference (77 tokens, one candidate per call) | not installed |" in table
+    assert (
+        "| PyTorch eager reference (77 tokens, one candidate per call) | not installed |" in table
+    )
     assert "objective vs PyTorch eager: not installed" in table
     assert "| edge-tune objective (ONNX, truncated, batched) |" in table
     assert "- Python overhead of a fit step (text_shared.onnx + sharpzo/edge; " in table
 
 
 def test_bench_speed_refuses_a_population_that_cannot_fit(bundle_dir):
-    done = run_cli(["bench", "speed", "--bundle", bundle_dir, "--population", 10**10,
-                    "--no-reference"])
+    done = run_cli(
+        ["bench", "speed", "--bundle", bundle_dir, "--population", 10**10, "--no-reference"]
+    )
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
@@ -111,13 +155,35 @@ def test_bench_speed_refuses_a_population_that_cannot_fit(bundle_dir):
 
 
 def test_bench_memory_json_reports_each_case_from_its_own_process(bundle_dir):
-    done = run_cli(["bench", "memory", "--bundle", bundle_dir, "--classes", 3, "--population", 4,
-                    "--steps", 2, "--threads", 1, "--json"])
+    done = run_cli(
+        [
+            "bench",
+            "memory",
+            "--bundle",
+            bundle_dir,
+            "--classes",
+            3,
+            "--population",
+            4,
+            "--steps",
+            2,
+            "--threads",
+            1,
+            "--json",
+        ]
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     cases = report["cases"]
-    assert list(cases) == ["baseline", "text_inference", "image_inference", "inference", "fit_cold",
-                           "fit_warm", "pytorch_first_order"]
+    assert list(cases) == [
+        "baseline",
+        "text_inference",
+        "image_inference",
+        "inference",
+        "fit_cold",
+        "fit_warm",
+        "pytorch_first_order",
+    ]
     for row in cases.values():
         assert row["status"] == "ok" and row["peak_mib"] > 0
     assert cases["text_inference"]["vs_text_inference"] == pytest.approx(1.0)
@@ -129,10 +195,25 @@ def test_bench_memory_json_reports_each_case_from_its_own_process(bundle_dir):
 
 
 def test_bench_memory_without_torch_still_measures_the_runtime(bundle_dir, tmp_path):
-    done = run_cli(["bench", "memory", "--bundle", bundle_dir, "--classes", 3, "--population", 2,
-                    "--steps", 1], env=torch_blocked_env(tmp_path))
+    done = run_cli(
+        [
+            "bench",
+            "memory",
+            "--bundle",
+            bundle_dir,
+            "--classes",
+            3,
+            "--population",
+            2,
+            "--steps",
+            1,
+        ],
+        env=torch_blocked_env(tmp_path),
+    )
     assert done.returncode == 0, done.stderr
-    assert "| PyTorch first-order prompt tuning (autograd, 77 tokens) | not installed |" in done.stdout
+    assert (
+        "| PyTorch first-order prompt tuning (autograd, 77 tokens) | not installed |" in done.stdout
+    )
     assert "| fit, feature cache filled (no image session) |" in done.stdout
 
 
@@ -142,9 +223,13 @@ def test_bench_on_a_provider_this_build_lacks_is_one_line(bundle_dir, command):
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this onnxruntime has CUDA; the missing-provider path cannot be shown here")
-    done = run_cli(["bench", command, "--bundle", bundle_dir, "--provider", "cuda", "--no-reference"])
+    done = run_cli(
+        ["bench", command, "--bundle", bundle_dir, "--provider", "cuda", "--no-reference"]
+    )
     assert done.returncode == 1
-    assert done.stderr.startswith("Error: execution provider 'cuda' is not in this onnxruntime build")
+    assert done.stderr.startswith(
+        "Error: execution provider 'cuda' is not in this onnxruntime build"
+    )
     assert len(done.stderr.strip().splitlines()) == 1
 
 
@@ -158,15 +243,23 @@ def test_bench_on_a_missing_bundle_is_one_line(tmp_path):
 
 def test_first_order_reference_lowers_the_loss(bundle_dir):
     """The PyTorch first-order path really trains: Adam through autograd on w reduces the loss."""
-    from edge_tune_bench.workload import benchmark_classnames, random_features
     from edge_tune.bundle import open_bundle
     from edge_tune.prompts import PromptSpace
+    from edge_tune_bench.workload import benchmark_classnames, random_features
     from edge_tune_export.reference import first_order_tune
 
     bundle = open_bundle(bundle_dir)
     space = PromptSpace.build(bundle, benchmark_classnames(4), seed=0, dim=32)
     features, labels = random_features(16, int(bundle.projection_dim), 4)
-    run = first_order_tune(bundle_dir, space, features, labels, logit_scale=bundle.logit_scale,
-                           steps=15, lr=0.05, threads=1)
+    run = first_order_tune(
+        bundle_dir,
+        space,
+        features,
+        labels,
+        logit_scale=bundle.logit_scale,
+        steps=15,
+        lr=0.05,
+        threads=1,
+    )
     assert np.all(np.isfinite(run["losses"]))
     assert run["losses"][-1] < run["losses"][0] - 1e-3

@@ -23,14 +23,22 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def report(cache):
-    return ba.bench_accuracy(tasks=["demo"], methods=["sharpzo-edge", "cma"], shots=[2, 16],
-                             seeds=[0], budget=80, eval_per_class=5, jobs=1, cache_dir=cache)
+    return ba.bench_accuracy(
+        tasks=["demo"],
+        methods=["sharpzo-edge", "cma"],
+        shots=[2, 16],
+        seeds=[0],
+        budget=80,
+        eval_per_class=5,
+        jobs=1,
+        cache_dir=cache,
+    )
 
 
 def test_runs_spend_the_budget_and_score_every_candidate_on_the_test_images(report):
     runs = {(r["method"], r["shots"]): r for r in report["runs"]}
     assert set(runs) == {(m, n) for m in ("sharpzo-edge", "cma") for n in (2, 16)}
-    for (method, shots), r in runs.items():
+    for (_, shots), r in runs.items():
         assert r["queries"] == 80  # one round: 4 folds x one generation of λ = 20
         assert r["train_images"] == 10 * shots and r["test_images"] == 50
         assert set(ba.CHEAP) <= set(r["candidates"]) and "prompt" in r["candidates"]
@@ -53,7 +61,10 @@ def test_zero_shot_equals_the_eval_command_on_the_same_subsample(report, tmp_pat
 
 def test_table_has_every_column_and_the_margins(report):
     table = ba.markdown(report)
-    assert "### 2 shot(s) per class, sharpzo-edge" in table and "### 16 shot(s) per class, cma" in table
+    assert (
+        "### 2 shot(s) per class, sharpzo-edge" in table
+        and "### 16 shot(s) per class, cma" in table
+    )
     assert "| task | " + " | ".join(ba.COLUMNS) + " | shipped − best cheap |" in table
     summary = ba.summarise(report)[(16, "cma")]
     row = summary["tasks"]["demo"]
@@ -63,8 +74,12 @@ def test_table_has_every_column_and_the_margins(report):
 
 
 def test_learning_curve_numbers():
-    curve = [{"queries": 0, "accuracy": 0.5}, {"queries": 100, "accuracy": 0.7},
-             {"queries": 200, "accuracy": 0.9}, {"queries": 400, "accuracy": 0.9}]
+    curve = [
+        {"queries": 0, "accuracy": 0.5},
+        {"queries": 100, "accuracy": 0.7},
+        {"queries": 200, "accuracy": 0.9},
+        {"queries": 400, "accuracy": 0.9},
+    ]
     assert ba.queries_to_gain(curve) == 200  # 90 % of the +0.4 gain first reached at 200
     assert ba.queries_to_gain(curve[:1] + [{"queries": 50, "accuracy": 0.4}]) is None
     assert ba.curve_area(curve) == pytest.approx((0.6 * 100 + 0.8 * 100 + 0.9 * 200) / 400)
@@ -83,9 +98,11 @@ def test_subsample_is_stratified_and_seeded():
 def test_unknown_task_names_the_folder_and_the_fix(tmp_path):
     with pytest.raises(DataError) as err:
         ba.resolve_task("nope", tmp_path)
-    assert str(err.value) == (f"{tmp_path / 'nope'}: task 'nope' has no shots/ and eval/ folders. "
-                              f"Write the tasks with `python -m edge_tune_export.miniworld.tasks "
-                              f"--out {tmp_path}`, or use --tasks demo")
+    assert str(err.value) == (
+        f"{tmp_path / 'nope'}: task 'nope' has no shots/ and eval/ folders. "
+        f"Write the tasks with `python -m edge_tune_export.miniworld.tasks "
+        f"--out {tmp_path}`, or use --tasks demo"
+    )
 
 
 def test_the_demo_task_outside_a_checkout_names_the_fix(monkeypatch, tmp_path):
@@ -100,12 +117,21 @@ def test_the_demo_task_outside_a_checkout_names_the_fix(monkeypatch, tmp_path):
 def test_cli_json_is_one_report_with_settings_and_runs(cache, run_cli):
     """`--quick` with explicit options: those win, the rest comes from --quick (demo, seed 0, 20
     test images per class)."""
-    done = run_cli("bench", "accuracy", "--quick", "--budget", 80, "--shots", 2,
-                   "--cache-dir", cache, "--json")
+    done = run_cli(
+        "bench", "accuracy", "--quick", "--budget", 80, "--shots", 2, "--cache-dir", cache, "--json"
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
-    expected = {"tasks": ["demo"], "methods": ["sharpzo-edge"], "shots": [2], "seeds": [0],
-                "budget": 80, "eval_per_class": 20, "provider": "auto", "ort_threads": 1}
+    expected = {
+        "tasks": ["demo"],
+        "methods": ["sharpzo-edge"],
+        "shots": [2],
+        "seeds": [0],
+        "budget": 80,
+        "eval_per_class": 20,
+        "provider": "auto",
+        "ort_threads": 1,
+    }
     assert report["settings"] == {**report["settings"], **expected}
     [run] = report["runs"]
     assert (run["task"], run["shots"], run["method"]) == ("demo", 2, "sharpzo-edge")
@@ -131,6 +157,9 @@ def test_cli_reprints_a_saved_report_and_names_a_missing_task(report, tmp_path, 
 
     missing = run_cli("bench", "accuracy", "--tasks", "nope", "--tasks-dir", tmp_path)
     assert missing.returncode == 1
-    assert missing.stderr.strip().splitlines() == [(
-        f"Error: {tmp_path / 'nope'}: task 'nope' has no shots/ and eval/ folders. Write the tasks "
-        f"with `python -m edge_tune_export.miniworld.tasks --out {tmp_path}`, or use --tasks demo")]
+    assert missing.stderr.strip().splitlines() == [
+        (
+            f"Error: {tmp_path / 'nope'}: task 'nope' has no shots/ and eval/ folders. Write the tasks "
+            f"with `python -m edge_tune_export.miniworld.tasks --out {tmp_path}`, or use --tasks demo"
+        )
+    ]

@@ -60,8 +60,10 @@ def test_a_good_bundle_opens_with_its_manifest_hash(copy):
 
 def test_missing_file(copy):
     (copy / "text.onnx").unlink()
-    assert error_of(lambda: open_bundle(copy)) == \
-        f"{copy / 'text.onnx'}: missing bundle file (listed in manifest.json). {COPY_AGAIN}"
+    assert (
+        error_of(lambda: open_bundle(copy))
+        == f"{copy / 'text.onnx'}: missing bundle file (listed in manifest.json). {COPY_AGAIN}"
+    )
 
 
 def test_altered_file_same_size(copy):
@@ -69,8 +71,10 @@ def test_altered_file_same_size(copy):
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
-    assert error_of(lambda: open_bundle(copy)) == \
-        f"{path}: sha256 does not match manifest.json (file altered or corrupted). {COPY_AGAIN}"
+    assert (
+        error_of(lambda: open_bundle(copy))
+        == f"{path}: sha256 does not match manifest.json (file altered or corrupted). {COPY_AGAIN}"
+    )
     assert open_bundle(copy, verify=False).bundle_hash  # verify=False skips the hashes
 
 
@@ -78,27 +82,33 @@ def test_truncated_file(copy):
     path = copy / "image.onnx"
     size = path.stat().st_size
     path.write_bytes(path.read_bytes()[:1000])
-    assert error_of(lambda: open_bundle(copy)) == \
-        f"{path}: file has 1000 bytes, manifest.json says {size} (altered or truncated). {COPY_AGAIN}"
+    assert (
+        error_of(lambda: open_bundle(copy))
+        == f"{path}: file has 1000 bytes, manifest.json says {size} (altered or truncated). {COPY_AGAIN}"
+    )
 
 
 def test_newer_format_version(copy):
     rewrite_manifest(copy, lambda m: m.update(format_version=FORMAT_VERSION + 1))
     assert error_of(lambda: open_bundle(copy)) == (
         f"{copy / 'manifest.json'}: bundle format_version 2 is newer than this edge-tune reads (1). "
-        "Upgrade edge-tune on this device (pip install -U edge-tune)")
+        "Upgrade edge-tune on this device (pip install -U edge-tune)"
+    )
 
 
 def test_not_a_bundle(tmp_path):
     assert error_of(lambda: open_bundle(tmp_path)) == (
         f"{tmp_path}: no manifest.json: not an edge-tune bundle. "
-        "Pass a directory made by `edge-tune export MODEL --out DIR`")
+        "Pass a directory made by `edge-tune export MODEL --out DIR`"
+    )
     assert error_of(lambda: open_bundle(tmp_path / "nowhere")) == (
         f"{tmp_path / 'nowhere'}: bundle directory does not exist. "
-        "Pass a directory made by `edge-tune export MODEL --out DIR`")
+        "Pass a directory made by `edge-tune export MODEL --out DIR`"
+    )
     (tmp_path / "manifest.json").write_text("{not json")
     assert error_of(lambda: open_bundle(tmp_path)).startswith(
-        f"{tmp_path / 'manifest.json'}: manifest.json is not valid JSON (")
+        f"{tmp_path / 'manifest.json'}: manifest.json is not valid JSON ("
+    )
 
 
 def test_text_graph_with_wrong_inputs(copy):
@@ -107,7 +117,8 @@ def test_text_graph_with_wrong_inputs(copy):
     bundle = open_bundle(copy)
     assert error_of(lambda: bundle.text_session("cpu", 1)) == (
         f"{copy / 'text.onnx'}: text graph has inputs (pixel_values float[rank 4]), expected "
-        f"(prompt_embeds float[rank 3], eot_index int64[rank 1]). {REEXPORT_HINT}")
+        f"(prompt_embeds float[rank 3], eot_index int64[rank 1]). {REEXPORT_HINT}"
+    )
 
 
 def test_graph_marked_with_another_role(copy):
@@ -118,15 +129,18 @@ def test_graph_marked_with_another_role(copy):
     onnx.save(proto, str(copy / "text.onnx"))
     rehash(copy, "text.onnx")
     assert error_of(lambda: open_bundle(copy).text_session("cpu", 1)) == (
-        f"{copy / 'text.onnx'}: graph is marked as the image graph, but the manifest uses it as text. {REEXPORT_HINT}")
+        f"{copy / 'text.onnx'}: graph is marked as the image graph, but the manifest uses it as text. {REEXPORT_HINT}"
+    )
 
 
 def test_cli_prints_one_line_and_exit_code_1(copy, run_cli):
     (copy / "tokenizer.json").write_text("{}")
     done = run_cli("info", copy)
     assert done.returncode == 1
-    assert done.stderr == (f"Error: {copy / 'tokenizer.json'}: file has 2 bytes, manifest.json says "
-                           f"3642074 (altered or truncated). {COPY_AGAIN}\n")
+    assert done.stderr == (
+        f"Error: {copy / 'tokenizer.json'}: file has 2 bytes, manifest.json says "
+        f"3642074 (altered or truncated). {COPY_AGAIN}\n"
+    )
 
 
 def test_info_reports_model_files_hashes_providers_and_a_timed_forward(tiny_bundle, run_cli):
@@ -134,8 +148,13 @@ def test_info_reports_model_files_hashes_providers_and_a_timed_forward(tiny_bund
     assert done.returncode == 0, done.stderr
     info = json.loads(done.stdout)
     assert info["model"]["name"] == "tiny-random" and info["hashes_verified"] is True
-    assert set(info["files"]) == {"image.onnx", "text.onnx", "text_shared.onnx", "token_embedding.npy",
-                                  "tokenizer.json"}
+    assert set(info["files"]) == {
+        "image.onnx",
+        "text.onnx",
+        "text_shared.onnx",
+        "token_embedding.npy",
+        "tokenizer.json",
+    }
     assert info["providers"]["chosen"] == "cpu" and "cpu" in info["providers"]["available"]
     assert info["text_forward"]["tokens"] == 8
     assert info["text_forward"]["feature_norm"] == pytest.approx(1.0, abs=1e-5)
@@ -144,6 +163,7 @@ def test_info_reports_model_files_hashes_providers_and_a_timed_forward(tiny_bund
 
 
 # --- export-side bad input (needs torch) --------------------------------------------------------
+
 
 def test_source_dir_that_is_not_a_clip_checkpoint(tmp_path):
     pytest.importorskip("torch")
@@ -154,11 +174,14 @@ def test_source_dir_that_is_not_a_clip_checkpoint(tmp_path):
     hint = "Pass a directory written by CLIPModel.save_pretrained (config.json + weights)"
     with pytest.raises(ExportError) as caught:
         export_bundle("clip-vit-b16", tmp_path / "out", source_dir=tmp_path / "bert")
-    assert str(caught.value) == (f"{tmp_path / 'bert'}: not a CLIP checkpoint (config.json model_type is "
-                                 f"'bert'). {hint}")
+    assert str(caught.value) == (
+        f"{tmp_path / 'bert'}: not a CLIP checkpoint (config.json model_type is 'bert'). {hint}"
+    )
     with pytest.raises(ExportError) as caught:
         export_bundle("clip-vit-b16", tmp_path / "out", source_dir=tmp_path)
-    assert str(caught.value) == f"{tmp_path}: not a CLIP checkpoint (no readable config.json). {hint}"
+    assert (
+        str(caught.value) == f"{tmp_path}: not a CLIP checkpoint (no readable config.json). {hint}"
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -168,22 +191,27 @@ def test_unknown_model_lists_the_known_ones(tmp_path):
 
     with pytest.raises(ExportError) as caught:
         export_bundle("clip-vit-h99", tmp_path / "out")
-    assert str(caught.value) == ("unknown model 'clip-vit-h99'; known models: b16-random, clip-vit-b16, "
-                                 "clip-vit-b32, clip-vit-l14, tiny-random. Or pass --source DIR with a "
-                                 "CLIPModel save_pretrained directory")
+    assert str(caught.value) == (
+        "unknown model 'clip-vit-h99'; known models: b16-random, clip-vit-b16, "
+        "clip-vit-b32, clip-vit-l14, tiny-random. Or pass --source DIR with a "
+        "CLIPModel save_pretrained directory"
+    )
 
 
 def test_out_holding_a_different_bundle_is_refused(tiny_bundle, tmp_path, run_cli):
     pytest.importorskip("torch")
     other = Path(shutil.copytree(tiny_bundle, tmp_path / "other"))
-    rewrite_manifest(other, lambda m: m["model"].update(name="clip-vit-b32",
-                                                        source="hf:openai/clip-vit-base-patch32"))
+    rewrite_manifest(
+        other,
+        lambda m: m["model"].update(name="clip-vit-b32", source="hf:openai/clip-vit-base-patch32"),
+    )
     before = sorted((p.name, p.stat().st_mtime_ns) for p in other.iterdir())
     done = run_cli("export", "tiny-random", "--out", other)
     assert done.returncode == 1
     assert done.stderr.splitlines()[-1] == (
         f"Error: {other}: --out already holds a different bundle ('clip-vit-b32' from "
-        "'hf:openai/clip-vit-base-patch32'). Choose another --out or delete that bundle first")
+        "'hf:openai/clip-vit-base-patch32'). Choose another --out or delete that bundle first"
+    )
     assert sorted((p.name, p.stat().st_mtime_ns) for p in other.iterdir()) == before
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "notes.txt").write_text("mine")
@@ -192,7 +220,9 @@ def test_out_holding_a_different_bundle_is_refused(tiny_bundle, tmp_path, run_cl
     with pytest.raises(ExportError, match="non-empty directory that is not an edge-tune bundle"):
         check_target(tmp_path / "junk", {})
     same = json.loads((tiny_bundle / "manifest.json").read_text())
-    check_target(tiny_bundle, bundle_identity(same))  # the same bundle again: allowed (overwrite-safe)
+    check_target(
+        tiny_bundle, bundle_identity(same)
+    )  # the same bundle again: allowed (overwrite-safe)
 
 
 def test_failed_export_leaves_nothing_half_written(tmp_path):
@@ -212,11 +242,17 @@ def test_failed_export_leaves_nothing_half_written(tmp_path):
 
 def test_unreachable_hub_says_to_pass_source(tmp_path, run_cli):
     pytest.importorskip("torch")
-    done = run_cli("export", "clip-vit-b16", "--out", tmp_path / "b16",
-                   env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    done = run_cli(
+        "export",
+        "clip-vit-b16",
+        "--out",
+        tmp_path / "b16",
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
+    )
     assert done.returncode == 1
     assert done.stderr.splitlines()[-1] == (
         "Error: cannot fetch openai/clip-vit-base-patch16 from the Hugging Face hub (unreachable or not "
         "cached). Download it elsewhere and pass --source DIR (edge-tune export clip-vit-b16 --source DIR "
-        "--out OUT)")
+        "--out OUT)"
+    )
     assert list(tmp_path.iterdir()) == [tmp_path / "hf"] or list(tmp_path.iterdir()) == []

@@ -104,7 +104,9 @@ def test_checkpoint_round_trip_is_bit_exact(tmp_path):
 
 def test_newer_checkpoint_replaces_older_and_old_one_is_removed(tmp_path):
     _, state = _advanced_cma_state(1)
-    first = write_checkpoint(tmp_path, step=1, record={"step": 1}, arrays={}, optimizer_states=[state])
+    first = write_checkpoint(
+        tmp_path, step=1, record={"step": 1}, arrays={}, optimizer_states=[state]
+    )
     second = write_checkpoint(
         tmp_path, step=2, record={"step": 2}, arrays={}, optimizer_states=[state]
     )
@@ -115,7 +117,11 @@ def test_newer_checkpoint_replaces_older_and_old_one_is_removed(tmp_path):
 def test_full_disk_keeps_previous_checkpoint(tmp_path):
     _, state = _advanced_cma_state()
     good = write_checkpoint(
-        tmp_path, step=3, record={"step": 3}, arrays={"best_w": np.zeros(6)}, optimizer_states=[state]
+        tmp_path,
+        step=3,
+        record={"step": 3},
+        arrays={"best_w": np.zeros(6)},
+        optimizer_states=[state],
     )
     big = {"best_w": np.zeros(100_000)}  # 800 kB: more than the limit below lets a file grow
     with _file_size_limit(50_000), pytest.raises(CheckpointError) as err:

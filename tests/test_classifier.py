@@ -47,8 +47,9 @@ def test_every_head_round_trips_through_classifier_npz(tuned, head, tmp_path):
     """Each shipped kind (text alone, text + each head) predicts the same after save and load."""
     tuner, _, _ = tuned
     candidates, prompt_features = tuner.candidates()
-    blend = next(b for b in candidates if b.text == "prompt" and b.head == (None if head == "none"
-                                                                             else head))
+    blend = next(
+        b for b in candidates if b.text == "prompt" and b.head == (None if head == "none" else head)
+    )
     in_memory = tuner.classifier(blend, prompt_features)
     in_memory.save(tmp_path / "classifier.npz")
     loaded = Classifier.load(tmp_path / "classifier.npz", bundle=tuner.bundle)
@@ -89,7 +90,7 @@ def test_classifier_refuses_another_bundle(tuned, tiny_bundle, tmp_path):
         Classifier.load(run, bundle=other)
     made_for = tuner.bundle.bundle_hash[:12]
     assert str(err.value).startswith(
-        f"{other}: this classifier was made for another bundle " f"(hash {made_for}, this one is "
+        f"{other}: this classifier was made for another bundle (hash {made_for}, this one is "
     )
     assert str(err.value).endswith("). Pass the bundle the run was tuned with (--bundle)")
 

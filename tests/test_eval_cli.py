@@ -161,7 +161,10 @@ def test_tuned_prompt_accuracy_matches_the_objective(bundle, data_dir, tmp_path,
     assert code == 0, err
     features, labels = reference_features(bundle, data_dir)
     objective = PromptObjective(
-        PlainEncoder(bundle.text_session("cpu", 1), space), features, labels, logit_scale=bundle.logit_scale
+        PlainEncoder(bundle.text_session("cpu", 1), space),
+        features,
+        labels,
+        logit_scale=bundle.logit_scale,
     )
     losses, accuracies = objective.evaluate(w[None])
     result = json.loads(out)

@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from conftest import export_in_subprocess  # noqa: E402
+
 from edge_tune.bundle import open_bundle  # noqa: E402
 from edge_tune_export import registry  # noqa: E402
 from edge_tune_export.parity import features_tensor  # noqa: E402
@@ -60,8 +61,10 @@ def test_tiny_random_bundle_matches_pytorch(tiny_bundle):
     parity = bundle.manifest["parity"]
     assert parity["tolerance"] == 1e-5 and parity["text_max_abs_diff"] <= 1e-5
     assert bundle.logit_scale == pytest.approx(float(model.logit_scale.detach().exp()))
-    assert np.array_equal(np.asarray(bundle.token_embedding()),
-                          model.text_model.embeddings.token_embedding.weight.detach().numpy())
+    assert np.array_equal(
+        np.asarray(bundle.token_embedding()),
+        model.text_model.embeddings.token_embedding.weight.detach().numpy(),
+    )
 
 
 def test_truncation_after_eot_is_exact(tiny_bundle):
@@ -92,9 +95,14 @@ def test_export_from_source_dir_passes_parity(tmp_path):
     assert bundle.manifest["parity"]["image_max_abs_diff"] <= 1e-5
     ids, eot = tokenise(bundle, PROMPTS, 77)
     assert np.abs(ort_text(bundle, ids, eot) - torch_text(model, ids)).max() <= 1e-5
-    assert sorted(p.name for p in out.iterdir()) == ["image.onnx", "manifest.json", "text.onnx",
-                                                     "text_shared.onnx", "token_embedding.npy",
-                                                     "tokenizer.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "image.onnx",
+        "manifest.json",
+        "text.onnx",
+        "text_shared.onnx",
+        "token_embedding.npy",
+        "tokenizer.json",
+    ]
     assert bundle.manifest["parity"]["text_shared_max_abs_diff"] <= 1e-5
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
 

@@ -11,6 +11,7 @@ import pytest
 from fit_support import cli_in_process, make_colour_shots, other_bundle
 from PIL import Image
 
+from edge_tune import features as features_module
 from edge_tune.errors import EdgeTuneError
 from edge_tune.fit import Budget, FitConfig, Tuner, parse_duration
 
@@ -212,7 +213,9 @@ def test_tuner_steps_count_queries_and_callbacks_stop(tiny_bundle, colour_task):
     tuner = Tuner(tiny_bundle, shots, eval_set=evaluation, config=FitConfig(budget_queries=None))
     per_step = len(tuner.optimizers[0].ask(tuner.opt_states[0]))
     seen = []
-    state = tuner.run(callback=lambda t, i: seen.append((t.state.queries, i["fold"])) or len(seen) < 6)
+    state = tuner.run(
+        callback=lambda t, i: seen.append((t.state.queries, i["fold"])) or len(seen) < 6
+    )
     # the folds take turns, the one with the fewest queries first
     assert [fold for _, fold in seen] == [0, 1, 2, 3, 0, 1]
     assert [q for q, _ in seen] == [per_step * (i + 1) for i in range(6)]
@@ -273,7 +276,9 @@ def test_resume_refuses_other_bundle_or_data_and_changes_nothing(
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 
-def test_save_load_continue_equals_an_uninterrupted_run(tiny_bundle, colour_task, tmp_path):
+def test_save_load_continue_equals_an_uninterrupted_run(
+    tiny_bundle, colour_task, tmp_path, monkeypatch
+):
     shots, evaluation = colour_task
     config = FitConfig(budget_queries=240, eval_every=3, seed=4)
     straight = Tuner(tiny_bundle, shots, eval_set=evaluation, config=config, run_dir=tmp_path / "a")
@@ -282,7 +287,14 @@ def test_save_load_continue_equals_an_uninterrupted_run(tiny_bundle, colour_task
 
     halted = Tuner(tiny_bundle, shots, eval_set=evaluation, config=config, run_dir=tmp_path / "b")
     halted.run(budget=Budget(queries=100))
+    reads = []
+    real_read = features_module._read_bytes
+    monkeypatch.setattr(features_module, "_read_bytes", lambda p: reads.append(p) or real_read(p))
     resumed = Tuner.resume(tmp_path / "b")
+    images = len(resumed.datasets["shots"].samples) + len(resumed.datasets["eval"].samples)
+    assert (
+        len(reads) == images
+    )  # each image read (and hashed) once: the features come from the cache
     assert resumed.state.queries == halted.state.queries and resumed.budget == Budget(queries=100)
     resumed.run(budget=Budget(queries=240))
     resumed.finish()
@@ -404,8 +416,10 @@ def test_a_resumed_run_uses_the_settings_it_recorded_not_todays_presets(
     halted = Tuner(tiny_bundle, shots, config=config, run_dir=tmp_path / "b")
     halted.run(budget=Budget(queries=80))
     recorded = json.loads(next((tmp_path / "b" / "state").glob("ckpt-*/tuner.json")).read_text())
-    assert recorded["optimizers"][0]["config"]["step_size"] == presets.PRESET_VALUES["edge"][
-        "sharpzo"]["step_size"]
+    assert (
+        recorded["optimizers"][0]["config"]["step_size"]
+        == presets.PRESET_VALUES["edge"]["sharpzo"]["step_size"]
+    )
     edited = {**presets.PRESET_VALUES["edge"]["sharpzo"], "step_size": 3.0}
     monkeypatch.setitem(presets.PRESET_VALUES["edge"], "sharpzo", edited)
     resumed = Tuner.resume(tmp_path / "b", budget_queries=240)
@@ -418,18 +432,29 @@ def test_a_resumed_run_uses_the_settings_it_recorded_not_todays_presets(
     assert result["optimizers"][0]["step_size"] == recorded["optimizers"][0]["config"]["step_size"]
 
 
-def test_one_photo_per_class_fits_and_says_what_the_folds_cannot_see(
-    tiny_bundle, tmp_path, capsys
-):
+def test_one_photo_per_class_fits_and_says_what_the_folds_cannot_see(tiny_bundle, tmp_path, capsys):
     shots = make_colour_shots(tmp_path / "one", per_class=1)
     code, out, err = cli_in_process(
-        ["fit", "--data", shots, "--bundle", tiny_bundle, "--budget-queries", 80,
-         "--out", tmp_path / "run", "--json"], capsys)
+        [
+            "fit",
+            "--data",
+            shots,
+            "--bundle",
+            tiny_bundle,
+            "--budget-queries",
+            80,
+            "--out",
+            tmp_path / "run",
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert err == (
         "4 class(es) with one photo ('blue', 'green', 'red', ...): cross-validation cannot see "
         "what a head or a tuned prompt gains for them, so fit leans to zero-shot; add a second "
-        "photo\nbudget: 80 queries\n")
+        "photo\nbudget: 80 queries\n"
+    )
     result = json.loads(out)
     assert result["data"]["folds"] == 4 and result["data"]["train_images"] == 4
     rows = {row["name"]: row for row in result["candidates"]}
@@ -450,9 +475,29 @@ def test_fit_and_eval_read_a_dassl_split(tiny_bundle, tmp_path, run_cli):
     split = tmp_path / "split_zhou_Colours.json"
     split.write_text(json.dumps(rows))
     env = {"EDGE_TUNE_CACHE": str(tmp_path / "cache")}
-    done = run_cli("fit", "--data", images, "--split", split, "--shots", 4, "--bundle", tiny_bundle,
-                   "--budget-queries", 40, "--folds", 2, "--head", "ncm", "--threads", 1,
-                   "--out", tmp_path / "run", "--json", env=env)
+    done = run_cli(
+        "fit",
+        "--data",
+        images,
+        "--split",
+        split,
+        "--shots",
+        4,
+        "--bundle",
+        tiny_bundle,
+        "--budget-queries",
+        40,
+        "--folds",
+        2,
+        "--head",
+        "ncm",
+        "--threads",
+        1,
+        "--out",
+        tmp_path / "run",
+        "--json",
+        env=env,
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     train, _, test = load_dassl_split(split, images, shots=4, seed=1)
@@ -460,8 +505,21 @@ def test_fit_and_eval_read_a_dassl_split(tiny_bundle, tmp_path, run_cli):
     assert result["data"]["eval_images"] == len(test.samples) == 2 * len(test.classnames)
     assert result["accuracy_on"] == "eval set"
     shipped = next(row for row in result["candidates"] if row["name"] == result["shipped"])
-    scored = run_cli("eval", "--bundle", tiny_bundle, "--data", images, "--split", split, "--run",
-                     tmp_path / "run", "--threads", 1, "--json", env=env)
+    scored = run_cli(
+        "eval",
+        "--bundle",
+        tiny_bundle,
+        "--data",
+        images,
+        "--split",
+        split,
+        "--run",
+        tmp_path / "run",
+        "--threads",
+        1,
+        "--json",
+        env=env,
+    )
     assert scored.returncode == 0, scored.stderr
     assert json.loads(scored.stdout)["accuracy"] == pytest.approx(shipped["eval_accuracy"])
     refused = run_cli("fit", "--split", split, "--bundle", tiny_bundle, env=env)

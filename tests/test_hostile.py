@@ -26,11 +26,19 @@ NOT_A_BUNDLE = "Pass a directory made by `edge-tune export MODEL --out DIR`"
 LIMIT_S = 60
 
 
-def edge_tune(*args, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+def edge_tune(
+    *args, cwd: Path | None = None, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """The CLI in a fresh process, under a time limit (a hang fails the test, never blocks it)."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "edge_tune", *map(str, args)], capture_output=True,
-                          text=True, timeout=LIMIT_S, cwd=cwd or REPO, env=full_env)
+    return subprocess.run(
+        [sys.executable, "-m", "edge_tune", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=LIMIT_S,
+        cwd=cwd or REPO,
+        env=full_env,
+    )
 
 
 def assert_one_line_error(done: subprocess.CompletedProcess, expected: str) -> None:
@@ -61,8 +69,12 @@ def rewrite_manifest(root: Path, change) -> None:
 
 def rehash(root: Path, name: str) -> None:
     data = (root / name).read_bytes()
-    rewrite_manifest(root, lambda m: m["files"].update(
-        {name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}}))
+    rewrite_manifest(
+        root,
+        lambda m: m["files"].update(
+            {name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}}
+        ),
+    )
 
 
 def setting(path: str, value):
@@ -86,70 +98,158 @@ M = "{b}/manifest.json: manifest.json"
 
 # (case, manifest change, expected line after "Error: "; {b} is the bundle)
 MANIFEST_CASES = [
-    ("files-parent", lambda m: m["files"].update({"../outside.bin": {"sha256": "0" * 64}}),
-     f"{M} files['../outside.bin'] is not a plain relative path inside the bundle. {REEXPORT}"),
-    ("files-absolute", lambda m: m["files"].update({"/etc/passwd": {"sha256": "0" * 64}}),
-     f"{M} files['/etc/passwd'] is not a plain relative path inside the bundle. {REEXPORT}"),
-    ("files-backslash", lambda m: m["files"].update({"..\\x": {"sha256": "0" * 64}}),
-     f"{M} files['..\\\\x'] is not a plain relative path inside the bundle. {REEXPORT}"),
-    ("files-no-sha", lambda m: m["files"].update({"text.onnx": {"bytes": 1}}),
-     f"{M} files['text.onnx'] has no sha256. {REEXPORT}"),
-    ("graph-file-unlisted", setting("graphs.text.file", "/etc/passwd"),
-     f"{M} graphs.text.file '/etc/passwd' is not listed under 'files'. {REEXPORT}"),
-    ("graph-missing", setting("graphs.image", DELETE),
-     f"{M} graphs names no image graph. {REEXPORT}"),
-    ("token-table-unlisted", lambda m: m["files"].pop("token_embedding.npy"),
-     f"{M} files does not list token_embedding.npy (every file the runtime reads is hashed). {REEXPORT}"),
-    ("tokenizer-unlisted", lambda m: m["files"].pop("tokenizer.json"),
-     f"{M} files does not list tokenizer.json (every file the runtime reads is hashed). {REEXPORT}"),
-    ("resize-huge", setting("preprocess.resize_shortest_edge", 100000),
-     f"{M} preprocess.resize_shortest_edge 100000 is outside 1..4096. {REEXPORT}"),
-    ("crop-zero", setting("preprocess.crop_size", 0),
-     f"{M} preprocess.crop_size 0 is outside 1..4096. {REEXPORT}"),
-    ("crop-above-resize", setting("preprocess.crop_size", 64),
-     f"{M} preprocess.crop_size 64 is larger than resize_shortest_edge 32. {REEXPORT}"),
-    ("crop-string", setting("preprocess.crop_size", "32"),
-     f"{M} preprocess.crop_size '32' is not an integer. {REEXPORT}"),
-    ("mean-short", setting("preprocess.mean", [0.5, 0.5]),
-     f"{M} preprocess.mean [0.5, 0.5] is not a list of 3 numbers. {REEXPORT}"),
-    ("std-zero", setting("preprocess.std", [0.2, 0.0, 0.2]),
-     f"{M} preprocess.std[1] 0 is outside (0, 10]. {REEXPORT}"),
-    ("std-negative", setting("preprocess.std", [-1.0, 0.2, 0.2]),
-     f"{M} preprocess.std[0] -1 is outside (0, 10]. {REEXPORT}"),
-    ("mean-nan", setting("preprocess.mean", [float("nan"), 0.5, 0.5]),
-     f"{M} preprocess.mean[0] nan is not a finite number. {REEXPORT}"),
-    ("rescale-zero", setting("preprocess.rescale_factor", 0),
-     f"{M} preprocess.rescale_factor 0 is outside (0, 1]. {REEXPORT}"),
-    ("resample-unknown", setting("preprocess.resample", "sinc"),
-     f"{M} preprocess.resample 'sinc' is not one of bicubic, bilinear, nearest, lanczos. {REEXPORT}"),
-    ("convert-rgb-string", setting("preprocess.convert_rgb", "yes"),
-     f"{M} preprocess.convert_rgb 'yes' is not true or false. {REEXPORT}"),
-    ("logit-scale-nan", setting("logit_scale", float("nan")),
-     f"{M} logit_scale nan is not a finite number. {REEXPORT}"),
-    ("logit-scale-huge", setting("logit_scale", 1e308),
-     f"{M} logit_scale 1e+308 is outside (0, 1000]. {REEXPORT}"),
-    ("logit-scale-zero", setting("logit_scale", 0),
-     f"{M} logit_scale 0 is outside (0, 1000]. {REEXPORT}"),
-    ("logit-scale-bool", setting("logit_scale", True),
-     f"{M} logit_scale True is not a finite number. {REEXPORT}"),
-    ("model-name-missing", setting("model.name", DELETE),
-     f"{M} model.name None is not a name. {REEXPORT}"),
-    ("model-name-number", setting("model.name", 7),
-     f"{M} model.name 7 is not a name. {REEXPORT}"),
-    ("width-string", setting("dims.text_width", "64"),
-     f"{M} dims.text_width '64' is not an integer. {REEXPORT}"),
-    ("width-zero", setting("dims.text_width", 0),
-     f"{M} dims.text_width 0 is outside 1..16384. {REEXPORT}"),
-    ("image-size-huge", setting("dims.image_size", 10**6),
-     f"{M} dims.image_size 1000000 is outside 1..4096. {REEXPORT}"),
-    ("sot-outside-vocab", setting("tokens.sot_id", 10**6),
-     f"{M} tokens.sot_id 1000000 is outside 0..49407. {REEXPORT}"),
-    ("eot-negative", setting("tokens.eot_id", -1),
-     f"{M} tokens.eot_id -1 is outside 0..49407. {REEXPORT}"),
-    ("format-version-string", setting("format_version", "1"),
-     f"{{b}}/manifest.json: invalid format_version '1'. {REEXPORT}"),
-    ("dims-not-object", setting("dims", [128]),
-     f"{M} lacks a valid 'dims' entry. {REEXPORT}"),
+    (
+        "files-parent",
+        lambda m: m["files"].update({"../outside.bin": {"sha256": "0" * 64}}),
+        f"{M} files['../outside.bin'] is not a plain relative path inside the bundle. {REEXPORT}",
+    ),
+    (
+        "files-absolute",
+        lambda m: m["files"].update({"/etc/passwd": {"sha256": "0" * 64}}),
+        f"{M} files['/etc/passwd'] is not a plain relative path inside the bundle. {REEXPORT}",
+    ),
+    (
+        "files-backslash",
+        lambda m: m["files"].update({"..\\x": {"sha256": "0" * 64}}),
+        f"{M} files['..\\\\x'] is not a plain relative path inside the bundle. {REEXPORT}",
+    ),
+    (
+        "files-no-sha",
+        lambda m: m["files"].update({"text.onnx": {"bytes": 1}}),
+        f"{M} files['text.onnx'] has no sha256. {REEXPORT}",
+    ),
+    (
+        "graph-file-unlisted",
+        setting("graphs.text.file", "/etc/passwd"),
+        f"{M} graphs.text.file '/etc/passwd' is not listed under 'files'. {REEXPORT}",
+    ),
+    (
+        "graph-missing",
+        setting("graphs.image", DELETE),
+        f"{M} graphs names no image graph. {REEXPORT}",
+    ),
+    (
+        "token-table-unlisted",
+        lambda m: m["files"].pop("token_embedding.npy"),
+        f"{M} files does not list token_embedding.npy (every file the runtime reads is hashed). {REEXPORT}",
+    ),
+    (
+        "tokenizer-unlisted",
+        lambda m: m["files"].pop("tokenizer.json"),
+        f"{M} files does not list tokenizer.json (every file the runtime reads is hashed). {REEXPORT}",
+    ),
+    (
+        "resize-huge",
+        setting("preprocess.resize_shortest_edge", 100000),
+        f"{M} preprocess.resize_shortest_edge 100000 is outside 1..4096. {REEXPORT}",
+    ),
+    (
+        "crop-zero",
+        setting("preprocess.crop_size", 0),
+        f"{M} preprocess.crop_size 0 is outside 1..4096. {REEXPORT}",
+    ),
+    (
+        "crop-above-resize",
+        setting("preprocess.crop_size", 64),
+        f"{M} preprocess.crop_size 64 is larger than resize_shortest_edge 32. {REEXPORT}",
+    ),
+    (
+        "crop-string",
+        setting("preprocess.crop_size", "32"),
+        f"{M} preprocess.crop_size '32' is not an integer. {REEXPORT}",
+    ),
+    (
+        "mean-short",
+        setting("preprocess.mean", [0.5, 0.5]),
+        f"{M} preprocess.mean [0.5, 0.5] is not a list of 3 numbers. {REEXPORT}",
+    ),
+    (
+        "std-zero",
+        setting("preprocess.std", [0.2, 0.0, 0.2]),
+        f"{M} preprocess.std[1] 0 is outside (0, 10]. {REEXPORT}",
+    ),
+    (
+        "std-negative",
+        setting("preprocess.std", [-1.0, 0.2, 0.2]),
+        f"{M} preprocess.std[0] -1 is outside (0, 10]. {REEXPORT}",
+    ),
+    (
+        "mean-nan",
+        setting("preprocess.mean", [float("nan"), 0.5, 0.5]),
+        f"{M} preprocess.mean[0] nan is not a finite number. {REEXPORT}",
+    ),
+    (
+        "rescale-zero",
+        setting("preprocess.rescale_factor", 0),
+        f"{M} preprocess.rescale_factor 0 is outside (0, 1]. {REEXPORT}",
+    ),
+    (
+        "resample-unknown",
+        setting("preprocess.resample", "sinc"),
+        f"{M} preprocess.resample 'sinc' is not one of bicubic, bilinear, nearest, lanczos. {REEXPORT}",
+    ),
+    (
+        "convert-rgb-string",
+        setting("preprocess.convert_rgb", "yes"),
+        f"{M} preprocess.convert_rgb 'yes' is not true or false. {REEXPORT}",
+    ),
+    (
+        "logit-scale-nan",
+        setting("logit_scale", float("nan")),
+        f"{M} logit_scale nan is not a finite number. {REEXPORT}",
+    ),
+    (
+        "logit-scale-huge",
+        setting("logit_scale", 1e308),
+        f"{M} logit_scale 1e+308 is outside (0, 1000]. {REEXPORT}",
+    ),
+    (
+        "logit-scale-zero",
+        setting("logit_scale", 0),
+        f"{M} logit_scale 0 is outside (0, 1000]. {REEXPORT}",
+    ),
+    (
+        "logit-scale-bool",
+        setting("logit_scale", True),
+        f"{M} logit_scale True is not a finite number. {REEXPORT}",
+    ),
+    (
+        "model-name-missing",
+        setting("model.name", DELETE),
+        f"{M} model.name None is not a name. {REEXPORT}",
+    ),
+    ("model-name-number", setting("model.name", 7), f"{M} model.name 7 is not a name. {REEXPORT}"),
+    (
+        "width-string",
+        setting("dims.text_width", "64"),
+        f"{M} dims.text_width '64' is not an integer. {REEXPORT}",
+    ),
+    (
+        "width-zero",
+        setting("dims.text_width", 0),
+        f"{M} dims.text_width 0 is outside 1..16384. {REEXPORT}",
+    ),
+    (
+        "image-size-huge",
+        setting("dims.image_size", 10**6),
+        f"{M} dims.image_size 1000000 is outside 1..4096. {REEXPORT}",
+    ),
+    (
+        "sot-outside-vocab",
+        setting("tokens.sot_id", 10**6),
+        f"{M} tokens.sot_id 1000000 is outside 0..49407. {REEXPORT}",
+    ),
+    (
+        "eot-negative",
+        setting("tokens.eot_id", -1),
+        f"{M} tokens.eot_id -1 is outside 0..49407. {REEXPORT}",
+    ),
+    (
+        "format-version-string",
+        setting("format_version", "1"),
+        f"{{b}}/manifest.json: invalid format_version '1'. {REEXPORT}",
+    ),
+    ("dims-not-object", setting("dims", [128]), f"{M} lacks a valid 'dims' entry. {REEXPORT}"),
 ]
 
 
@@ -158,7 +258,9 @@ def bundle_copy(tiny_bundle, tmp_path) -> Path:
     return Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
 
 
-@pytest.mark.parametrize("case, change, expected", MANIFEST_CASES, ids=[c[0] for c in MANIFEST_CASES])
+@pytest.mark.parametrize(
+    "case, change, expected", MANIFEST_CASES, ids=[c[0] for c in MANIFEST_CASES]
+)
 def test_a_bad_manifest_field_is_named(bundle_copy, case, change, expected):
     rewrite_manifest(bundle_copy, change)
     before = tree_digest(bundle_copy)
@@ -177,10 +279,12 @@ def test_a_symlink_out_of_the_bundle_is_refused_without_reading(bundle_copy, tmp
     (bundle_copy / "tokenizer.json").unlink()
     fifo = outside_fifo(tmp_path)
     (bundle_copy / "tokenizer.json").symlink_to(fifo)
-    assert_one_line_error(edge_tune("info", bundle_copy),
-                          f"{bundle_copy}/tokenizer.json: bundle file leads outside the bundle "
-                          f"(to {fifo}). A bundle's files must live inside its directory; "
-                          "re-export it with `edge-tune export MODEL --out DIR`")
+    assert_one_line_error(
+        edge_tune("info", bundle_copy),
+        f"{bundle_copy}/tokenizer.json: bundle file leads outside the bundle "
+        f"(to {fifo}). A bundle's files must live inside its directory; "
+        "re-export it with `edge-tune export MODEL --out DIR`",
+    )
 
 
 def test_a_link_to_proc_is_refused_without_reading(bundle_copy):
@@ -193,8 +297,10 @@ def test_a_link_to_proc_is_refused_without_reading(bundle_copy):
 def test_a_fifo_inside_the_bundle_is_refused_without_opening(bundle_copy):
     (bundle_copy / "tokenizer.json").unlink()
     os.mkfifo(bundle_copy / "tokenizer.json")
-    assert_one_line_error(edge_tune("info", bundle_copy),
-                          f"{bundle_copy}/tokenizer.json: bundle file is not a regular file. {COPY_AGAIN}")
+    assert_one_line_error(
+        edge_tune("info", bundle_copy),
+        f"{bundle_copy}/tokenizer.json: bundle file is not a regular file. {COPY_AGAIN}",
+    )
 
 
 def test_a_symlink_loop_is_refused(bundle_copy):
@@ -202,7 +308,9 @@ def test_a_symlink_loop_is_refused(bundle_copy):
     (bundle_copy / "text.onnx").symlink_to(bundle_copy / "text.onnx")
     done = edge_tune("info", bundle_copy)
     assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert done.stderr.startswith(f"Error: {bundle_copy}/text.onnx: cannot resolve the bundle file (")
+    assert done.stderr.startswith(
+        f"Error: {bundle_copy}/text.onnx: cannot resolve the bundle file ("
+    )
 
 
 def test_a_manifest_symlinked_out_of_the_bundle_is_refused(bundle_copy, tmp_path):
@@ -210,9 +318,12 @@ def test_a_manifest_symlinked_out_of_the_bundle_is_refused(bundle_copy, tmp_path
     shutil.move(bundle_copy / "manifest.json", outside)
     (bundle_copy / "manifest.json").symlink_to(outside)
     done = edge_tune("info", bundle_copy)
-    assert_one_line_error(done, f"{bundle_copy}/manifest.json: bundle file leads outside the bundle "
-                                f"(to {outside}). A bundle's files must live inside its directory; "
-                                "re-export it with `edge-tune export MODEL --out DIR`")
+    assert_one_line_error(
+        done,
+        f"{bundle_copy}/manifest.json: bundle file leads outside the bundle "
+        f"(to {outside}). A bundle's files must live inside its directory; "
+        "re-export it with `edge-tune export MODEL --out DIR`",
+    )
 
 
 def test_a_corrupt_npy_header_is_one_line(bundle_copy):
@@ -231,10 +342,12 @@ def test_a_token_table_of_the_wrong_shape_is_refused(bundle_copy):
     table = np.load(bundle_copy / "token_embedding.npy")
     np.save(bundle_copy / "token_embedding.npy", table[:100])
     rehash(bundle_copy, "token_embedding.npy")
-    assert_one_line_error(edge_tune("info", bundle_copy),
-                          f"{bundle_copy}/token_embedding.npy: token table has shape "
-                          f"[100, {table.shape[1]}], expected [{table.shape[0]}, {table.shape[1]}]. "
-                          f"{REEXPORT}")
+    assert_one_line_error(
+        edge_tune("info", bundle_copy),
+        f"{bundle_copy}/token_embedding.npy: token table has shape "
+        f"[100, {table.shape[1]}], expected [{table.shape[0]}, {table.shape[1]}]. "
+        f"{REEXPORT}",
+    )
 
 
 def test_a_replaced_unlisted_file_cannot_hide(bundle_copy):
@@ -242,15 +355,18 @@ def test_a_replaced_unlisted_file_cannot_hide(bundle_copy):
     path = bundle_copy / "token_embedding.npy"
     table = np.load(path)
     np.save(path, table[::-1].copy())
-    assert_one_line_error(edge_tune("info", bundle_copy),
-                          f"{path}: sha256 does not match manifest.json (file altered or corrupted). "
-                          f"{COPY_AGAIN}")
+    assert_one_line_error(
+        edge_tune("info", bundle_copy),
+        f"{path}: sha256 does not match manifest.json (file altered or corrupted). {COPY_AGAIN}",
+    )
 
 
 def test_a_bundle_path_that_is_a_file(tmp_path):
     path = tmp_path / "bundle.zip"
     path.write_bytes(b"PK")
-    assert_one_line_error(edge_tune("info", path), f"{path}: is a file, not a bundle directory. {NOT_A_BUNDLE}")
+    assert_one_line_error(
+        edge_tune("info", path), f"{path}: is a file, not a bundle directory. {NOT_A_BUNDLE}"
+    )
 
 
 # --- shots and images ------------------------------------------------------------------------
@@ -264,8 +380,17 @@ def shots(tmp_path) -> Path:
 
 
 def evaluate(bundle, data, tmp_path, *extra) -> subprocess.CompletedProcess:
-    return edge_tune("eval", "--bundle", bundle, "--data", data, "--threads", 1, *extra,
-                     env={"EDGE_TUNE_CACHE": str(tmp_path / "cache")})
+    return edge_tune(
+        "eval",
+        "--bundle",
+        bundle,
+        "--data",
+        data,
+        "--threads",
+        1,
+        *extra,
+        env={"EDGE_TUNE_CACHE": str(tmp_path / "cache")},
+    )
 
 
 def test_a_fifo_among_the_shots_is_skipped_without_opening(tiny_bundle, shots, tmp_path):
@@ -275,7 +400,8 @@ def test_a_fifo_among_the_shots_is_skipped_without_opening(tiny_bundle, shots, t
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.splitlines()[0] == (
         "skipped 1 unreadable image (x.png: not a regular file (a FIFO, socket or device); "
-        "skipped without opening it)")
+        "skipped without opening it)"
+    )
     assert "(16/16 images" in done.stdout or "/16 images" in done.stdout
     assert tree_digest(shots) == before
 
@@ -287,7 +413,8 @@ def test_an_extreme_aspect_ratio_is_skipped_not_fatal(tiny_bundle, shots, tmp_pa
     done = evaluate(tiny_bundle, shots, tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stderr.splitlines()[0] == (
-        "skipped 1 unreadable image (strip.png: image is 2000x10 pixels, an aspect ratio above 64:1)")
+        "skipped 1 unreadable image (strip.png: image is 2000x10 pixels, an aspect ratio above 64:1)"
+    )
 
 
 def test_a_gif_is_read_by_eval_as_by_predict(tiny_bundle, shots, tmp_path):
@@ -303,16 +430,20 @@ def test_identical_images_in_two_classes_are_warned_about(tiny_bundle, shots, tm
     shutil.copy(shots / "red" / "0.png", shots / "blue" / "copy.png")
     done = evaluate(tiny_bundle, shots, tmp_path)
     assert done.returncode == 0, done.stderr
-    assert ("warning: the same image is in classes 'blue' (copy.png) and 'red' (0.png); a photo "
-            "belongs to one class") in done.stderr
+    assert (
+        "warning: the same image is in classes 'blue' (copy.png) and 'red' (0.png); a photo "
+        "belongs to one class"
+    ) in done.stderr
 
 
 def test_a_class_folder_linked_to_another_is_warned_about(tiny_bundle, shots, tmp_path):
     (shots / "crimson").symlink_to(shots / "red", target_is_directory=True)
     done = evaluate(tiny_bundle, shots, tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "warning: class 'red' is the same folder as 'crimson' (a link); both hold the same photos" \
+    assert (
+        "warning: class 'red' is the same folder as 'crimson' (a link); both hold the same photos"
         in done.stderr
+    )
 
 
 def test_sixteen_bit_grey_is_scaled_not_clipped():
@@ -342,8 +473,11 @@ TEMPLATE_CASES = ["a {} of {kind}", "{} {", "a photo", "{}{}", "a }{ photo {}"]
 @pytest.mark.parametrize("template", TEMPLATE_CASES)
 def test_a_template_with_other_braces_is_one_line(tiny_bundle, shots, tmp_path, template):
     done = evaluate(tiny_bundle, shots, tmp_path, "--template", template)
-    assert_one_line_error(done, f"template {template!r} must contain '{{}}' exactly once and no "
-                                'other braces. Use e.g. --template "a photo of a {}."')
+    assert_one_line_error(
+        done,
+        f"template {template!r} must contain '{{}}' exactly once and no "
+        'other braces. Use e.g. --template "a photo of a {}."',
+    )
     assert not (tmp_path / "cache").exists()  # refused before any image was encoded
 
 
@@ -355,12 +489,29 @@ def test_a_seed_outside_its_range_is_a_usage_error(tiny_bundle, shots, seed):
 
 
 def test_budget_time_alone_says_the_query_cap_is_lifted(tiny_bundle, shots, tmp_path):
-    done = edge_tune("fit", "--data", shots, "--bundle", tiny_bundle, "--budget-time", "2s",
-                     "--folds", 2, "--head", "none", "--threads", 1, "--out", tmp_path / "run",
-                     env={"EDGE_TUNE_CACHE": str(tmp_path / "cache")})
+    done = edge_tune(
+        "fit",
+        "--data",
+        shots,
+        "--bundle",
+        tiny_bundle,
+        "--budget-time",
+        "2s",
+        "--folds",
+        2,
+        "--head",
+        "none",
+        "--threads",
+        1,
+        "--out",
+        tmp_path / "run",
+        env={"EDGE_TUNE_CACHE": str(tmp_path / "cache")},
+    )
     assert done.returncode == 0, done.stderr
-    assert ("budget: 2.0s of tuning and no query cap (--budget-time alone lifts the default 2000 "
-            "queries)") in done.stderr.splitlines()
+    assert (
+        "budget: 2.0s of tuning and no query cap (--budget-time alone lifts the default 2000 "
+        "queries)"
+    ) in done.stderr.splitlines()
 
 
 # --- predict ---------------------------------------------------------------------------------
@@ -372,9 +523,24 @@ def fitted(tiny_bundle, tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("hostile-run")
     shots = make_colour_shots(root / "shots", per_class=4, seed=0)
-    done = edge_tune("fit", "--data", shots, "--bundle", tiny_bundle, "--budget-queries", 40,
-                     "--folds", 2, "--head", "ncm", "--threads", 1, "--out", root / "run",
-                     env={"EDGE_TUNE_CACHE": str(root / "cache")})
+    done = edge_tune(
+        "fit",
+        "--data",
+        shots,
+        "--bundle",
+        tiny_bundle,
+        "--budget-queries",
+        40,
+        "--folds",
+        2,
+        "--head",
+        "ncm",
+        "--threads",
+        1,
+        "--out",
+        root / "run",
+        env={"EDGE_TUNE_CACHE": str(root / "cache")},
+    )
     assert done.returncode == 0, done.stderr
     return root / "run"
 
@@ -407,8 +573,11 @@ def test_predict_after_the_bundle_moved_names_bundle(fitted, tmp_path, tiny_bund
     result["bundle"]["path"] = str(tmp_path / "moved-away")
     (run / "result.json").write_text(json.dumps(result))
     done = edge_tune("predict", run, fitted.parent / "shots" / "red")
-    assert_one_line_error(done, f"{tmp_path / 'moved-away'}: the bundle this run was tuned with is "
-                                "no longer here. Pass --bundle DIR with that bundle where it is now")
+    assert_one_line_error(
+        done,
+        f"{tmp_path / 'moved-away'}: the bundle this run was tuned with is "
+        "no longer here. Pass --bundle DIR with that bundle where it is now",
+    )
     ok = edge_tune("predict", run, fitted.parent / "shots" / "red", "--bundle", tiny_bundle)
     assert ok.returncode == 0, ok.stderr
 
@@ -421,7 +590,8 @@ def test_predict_skips_a_fifo_and_a_missing_file(fitted, tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stderr.splitlines() == [
         f"skipped {fifo}: not a regular file (a FIFO, socket or device); skipped without opening it",
-        f"skipped {tmp_path / 'gone.jpg'}: cannot be read (No such file or directory)"]
+        f"skipped {tmp_path / 'gone.jpg'}: cannot be read (No such file or directory)",
+    ]
     assert done.stdout.startswith(f"{red}: ")
 
 
@@ -431,4 +601,5 @@ def test_predict_with_nothing_readable_is_one_line(fitted, tmp_path):
     done = edge_tune("predict", fitted, fifo)
     assert done.returncode == 1 and done.stderr.splitlines()[-1] == (
         "Error: no images to classify among the given paths. Pass image files (jpg, png, webp, bmp) "
-        "or folders holding them")
+        "or folders holding them"
+    )

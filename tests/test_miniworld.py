@@ -38,7 +38,9 @@ def test_idx_reader_handles_big_endian_int32(tmp_path):
 def test_idx_reader_rejects_bad_magic_and_truncation(tmp_path):
     bad = tmp_path / "bad.gz"
     gzip.open(bad, "wb").write(b"\x08\x03\x00\x00")
-    with pytest.raises(DataError, match=r"bad\.gz: not an idx file \(bad magic number\)\. Reinstall"):
+    with pytest.raises(
+        DataError, match=r"bad\.gz: not an idx file \(bad magic number\)\. Reinstall"
+    ):
         fashion.read_idx(bad)
     short = tmp_path / "short.gz"
     write_idx(short, np.zeros((2, 3), np.uint8))
@@ -51,9 +53,11 @@ def test_idx_reader_rejects_bad_magic_and_truncation(tmp_path):
 def test_missing_dataset_says_how_to_install(tmp_path):
     with pytest.raises(DataError) as err:
         fashion.load_split("test", tmp_path / "absent")
-    assert str(err.value) == (f"{tmp_path / 'absent'}: Fashion-MNIST folder not found. "
-                              "Install it with `apt-get install -y dataset-fashion-mnist` (Debian/Ubuntu), "
-                              "or point FASHION_MNIST_DIR at a folder holding the four idx files")
+    assert str(err.value) == (
+        f"{tmp_path / 'absent'}: Fashion-MNIST folder not found. "
+        "Install it with `apt-get install -y dataset-fashion-mnist` (Debian/Ubuntu), "
+        "or point FASHION_MNIST_DIR at a folder holding the four idx files"
+    )
 
 
 @pytest.mark.skipif(not fashion.DATA_DIR.is_dir(), reason="dataset-fashion-mnist not installed")
@@ -104,8 +108,15 @@ def test_split_is_seeded_per_class_and_disjoint():
 
 def test_write_task_makes_class_folders_with_real_names(tmp_path):
     images, labels = fake_split(20)
-    out = tasks.write_task(tmp_path / "inv", "inverted", shots=4, eval_per_class=3, seed=0,
-                           images=images, labels=labels)
+    out = tasks.write_task(
+        tmp_path / "inv",
+        "inverted",
+        shots=4,
+        eval_per_class=3,
+        seed=0,
+        images=images,
+        labels=labels,
+    )
     assert sorted(p.name for p in out.iterdir()) == ["eval", "shots", "task.json"]
     names = json.loads((out / "shots" / "classnames.json").read_text())
     assert names["t-shirt_top"] == "T-shirt/top" and names["ankle_boot"] == "Ankle boot"

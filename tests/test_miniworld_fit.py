@@ -23,8 +23,9 @@ MIN_GAIN = 0.08  # accuracy fraction on the demo eval set (500 images, ±2.2 poi
 
 
 def _eval(run_cli, data, *extra) -> dict:
-    done = run_cli("eval", "--bundle", DEFAULT_BUNDLE, "--data", data, "--threads", 1, "--json",
-                   *extra)
+    done = run_cli(
+        "eval", "--bundle", DEFAULT_BUNDLE, "--data", data, "--threads", 1, "--json", *extra
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -32,8 +33,20 @@ def _eval(run_cli, data, *extra) -> dict:
 @pytest.mark.slow
 def test_default_fit_on_the_demo_beats_zero_shot_on_held_out_images(run_cli, tmp_path):
     run = tmp_path / "run"
-    fitted = run_cli("fit", "--data", DEMO_TASK / "shots", "--bundle", DEFAULT_BUNDLE,
-                     "--budget-queries", BUDGET, "--threads", 1, "--out", run, "--json")
+    fitted = run_cli(
+        "fit",
+        "--data",
+        DEMO_TASK / "shots",
+        "--bundle",
+        DEFAULT_BUNDLE,
+        "--budget-queries",
+        BUDGET,
+        "--threads",
+        1,
+        "--out",
+        run,
+        "--json",
+    )
     assert fitted.returncode == 0, fitted.stderr
     result = json.loads(fitted.stdout)
     assert result["config"]["optimizer"] == "sharpzo" and result["config"]["preset"] == "edge"
@@ -69,8 +82,20 @@ def test_where_zero_shot_is_strong_what_ships_is_not_below_it(run_cli, tmp_path)
     shots = _uninvert(DEMO_TASK / "shots", tmp_path / "clean" / "shots")
     evaluation = _uninvert(DEMO_TASK / "eval", tmp_path / "clean" / "eval")
     run = tmp_path / "run"
-    fitted = run_cli("fit", "--data", shots, "--bundle", DEFAULT_BUNDLE, "--budget-queries", 1000,
-                     "--threads", 1, "--out", run, "--json")
+    fitted = run_cli(
+        "fit",
+        "--data",
+        shots,
+        "--bundle",
+        DEFAULT_BUNDLE,
+        "--budget-queries",
+        1000,
+        "--threads",
+        1,
+        "--out",
+        run,
+        "--json",
+    )
     assert fitted.returncode == 0, fitted.stderr
     result = json.loads(fitted.stdout)
     rows = {row["name"]: row for row in result["candidates"]}

@@ -25,7 +25,7 @@ class _NoTorch:
 sys.meta_path.insert(0, _NoTorch())
 '''
 
-RUNTIME = '''
+RUNTIME = """
 import json, sys
 import numpy as np
 try:
@@ -44,7 +44,7 @@ image = bundle.image_session("auto", 1).run({"pixel_values": np.zeros((2, 3, siz
 print(json.dumps({"text": list(text.shape), "image": list(image.shape),
                   "norm": float(np.linalg.norm(text[0])),
                   "loaded": sorted(m for m in ("torch", "transformers") if m in sys.modules)}))
-'''
+"""
 
 
 def blocked_env(tmp_path: Path) -> dict[str, str]:
@@ -55,8 +55,14 @@ def blocked_env(tmp_path: Path) -> dict[str, str]:
 
 
 def test_runtime_runs_both_graphs_without_torch(tiny_bundle, tmp_path):
-    done = subprocess.run([sys.executable, "-c", RUNTIME, str(tiny_bundle)], capture_output=True, text=True,
-                          env=blocked_env(tmp_path), cwd=tmp_path, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", RUNTIME, str(tiny_bundle)],
+        capture_output=True,
+        text=True,
+        env=blocked_env(tmp_path),
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result == {"text": [1, 32], "image": [2, 32], "norm": result["norm"], "loaded": []}
@@ -65,16 +71,28 @@ def test_runtime_runs_both_graphs_without_torch(tiny_bundle, tmp_path):
 
 def test_info_runs_and_export_names_the_extra_without_torch(tiny_bundle, tmp_path):
     env = blocked_env(tmp_path)
-    info = subprocess.run([sys.executable, "-m", "edge_tune", "info", str(tiny_bundle)], capture_output=True,
-                          text=True, env=env, cwd=tmp_path, timeout=300)
+    info = subprocess.run(
+        [sys.executable, "-m", "edge_tune", "info", str(tiny_bundle)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert info.returncode == 0, info.stderr
     assert "hashes     all verified" in info.stdout
-    export = subprocess.run([sys.executable, "-m", "edge_tune", "export", "tiny-random", "--out",
-                             str(tmp_path / "b")], capture_output=True, text=True, env=env, cwd=tmp_path,
-                            timeout=300)
+    export = subprocess.run(
+        [sys.executable, "-m", "edge_tune", "export", "tiny-random", "--out", str(tmp_path / "b")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert export.returncode == 1
-    assert export.stderr == ("Error: edge-tune export needs PyTorch and transformers: "
-                             "pip install 'edge-tune[export]'\n")
+    assert export.stderr == (
+        "Error: edge-tune export needs PyTorch and transformers: pip install 'edge-tune[export]'\n"
+    )
     assert not (tmp_path / "b").exists()
 
 
@@ -85,25 +103,37 @@ def test_fit_eval_predict_and_info_run_without_onnx(tiny_bundle, tmp_path):
 
     env = blocked_env(tmp_path)
     (tmp_path / "sitecustomize.py").write_text(
-        BLOCKER.replace('("torch", "transformers", "torchvision")',
-                        '("torch", "transformers", "torchvision", "onnx")'))
+        BLOCKER.replace(
+            '("torch", "transformers", "torchvision")',
+            '("torch", "transformers", "torchvision", "onnx")',
+        )
+    )
     env["EDGE_TUNE_CACHE"] = str(tmp_path / "cache")
     shots = make_colour_shots(tmp_path / "shots", per_class=4)
 
     def edge_tune(*args):
-        return subprocess.run([sys.executable, "-m", "edge_tune", *map(str, args)],
-                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", "edge_tune", *map(str, args)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=300,
+        )
 
     run = tmp_path / "run"
-    for args in (("info", tiny_bundle),
-                 ("fit", "--bundle", tiny_bundle, "--data", shots, "--budget-queries", 80,
-                  "--out", run),
-                 ("eval", "--bundle", tiny_bundle, "--data", shots, "--run", run),
-                 ("predict", run, shots / "red")):
+    for args in (
+        ("info", tiny_bundle),
+        ("fit", "--bundle", tiny_bundle, "--data", shots, "--budget-queries", 80, "--out", run),
+        ("eval", "--bundle", tiny_bundle, "--data", shots, "--run", run),
+        ("predict", run, shots / "red"),
+    ):
         done = edge_tune(*args)
         assert done.returncode == 0, (args, done.stderr)
         assert "onnx" not in done.stderr
     speed = edge_tune("bench", "speed", "--bundle", tiny_bundle, "--no-reference", "--repeats", 1)
     assert speed.returncode == 1
-    assert speed.stderr == ("Error: the benchmarks need a package that is not installed (onnx). "
-                            "Install the extra: pip install 'edge-tune[bench]'\n")
+    assert speed.stderr == (
+        "Error: the benchmarks need a package that is not installed (onnx). "
+        "Install the extra: pip install 'edge-tune[bench]'\n"
+    )

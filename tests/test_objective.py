@@ -80,10 +80,14 @@ def test_truncated_equals_untruncated(session, space, data, bundle):
     W = np.random.default_rng(3).standard_normal((3, space.dim))
     short = PromptObjective(PlainEncoder(session, space), *data, logit_scale=bundle.logit_scale)
     full = PromptObjective(
-        PlainEncoder(session, space.padded(space.context_length)), *data, logit_scale=bundle.logit_scale
+        PlainEncoder(session, space.padded(space.context_length)),
+        *data,
+        logit_scale=bundle.logit_scale,
     )
     assert space.length < space.context_length == 77
-    np.testing.assert_allclose(short.encoder.features(W), full.encoder.features(W), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        short.encoder.features(W), full.encoder.features(W), rtol=0, atol=1e-6
+    )
     np.testing.assert_allclose(short(W), full(W), rtol=1e-6)
 
 
@@ -106,12 +110,18 @@ def test_zero_shot_prompt_classifies_its_own_class_features(session, space, bund
     noise = rng.standard_normal((len(labels), text.shape[1]))
     noisy = text[labels] + radius * noise / np.linalg.norm(noise, axis=1, keepdims=True)
     noisy = (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
-    objective = PromptObjective(PlainEncoder(session, space), noisy, labels, logit_scale=bundle.logit_scale)
+    objective = PromptObjective(
+        PlainEncoder(session, space), noisy, labels, logit_scale=bundle.logit_scale
+    )
     np.testing.assert_allclose(objective.class_features(np.zeros(space.dim)), text, atol=1e-6)
     losses, accuracies = objective.evaluate(np.zeros((1, space.dim)))
     chance = reference_loss(noisy, labels, np.zeros_like(text), 1.0)[0]  # uniform logits: ln K
     assert accuracies[0] == 1.0 and losses[0] < chance == pytest.approx(np.log(len(CLASSES)))
-    shuffled = PromptObjective(PlainEncoder(session, space), noisy, (labels + 1) % len(CLASSES), logit_scale=bundle.logit_scale
+    shuffled = PromptObjective(
+        PlainEncoder(session, space),
+        noisy,
+        (labels + 1) % len(CLASSES),
+        logit_scale=bundle.logit_scale,
     )
     assert shuffled.evaluate(np.zeros((1, space.dim)))[1][0] == 0.0
 

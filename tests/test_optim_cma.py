@@ -70,10 +70,21 @@ def evals_pycma(name, d, target, seed, budget):
     f = FUNCTIONS[name]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        es = cma.CMAEvolutionStrategy(start(name, d), SIGMA0, {
-            "seed": seed + 1, "verbose": -9, "verb_log": 0, "maxfevals": budget,
-            "tolfun": 0, "tolfunhist": 0, "tolx": 0, "tolstagnation": 10**9,
-            "tolflatfitness": 10**9})
+        es = cma.CMAEvolutionStrategy(
+            start(name, d),
+            SIGMA0,
+            {
+                "seed": seed + 1,
+                "verbose": -9,
+                "verb_log": 0,
+                "maxfevals": budget,
+                "tolfun": 0,
+                "tolfunhist": 0,
+                "tolx": 0,
+                "tolstagnation": 10**9,
+                "tolflatfitness": 10**9,
+            },
+        )
         used = 0
         while used < budget:
             xs = es.ask()
@@ -92,26 +103,32 @@ def assert_within_pycma(name, d, target, budget):
     assert ours <= 1.5 * theirs, f"{name} d={d}: ours {ours} evals vs pycma {theirs}"
 
 
-@pytest.mark.parametrize("name,d,target,budget", [
-    ("sphere", 10, 1e-6, 5_000),
-    ("ellipsoid", 10, 1e-3, 10_000),
-    ("rosenbrock", 10, 1e-2, 15_000),
-    ("sphere", 40, 1e-3, 10_000),
-    ("rosenbrock", 40, 36.0, 20_000),
-])
+@pytest.mark.parametrize(
+    "name,d,target,budget",
+    [
+        ("sphere", 10, 1e-6, 5_000),
+        ("ellipsoid", 10, 1e-3, 10_000),
+        ("rosenbrock", 10, 1e-2, 15_000),
+        ("sphere", 40, 1e-3, 10_000),
+        ("rosenbrock", 40, 36.0, 20_000),
+    ],
+)
 def test_evals_to_target_within_1_5x_of_pycma(name, d, target, budget):
     assert_within_pycma(name, d, target, budget)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,d,target,budget", [
-    ("ellipsoid", 40, 1e3, 20_000),
-    ("ellipsoid", 40, 1e-2, 100_000),
-    ("rosenbrock", 40, 30.0, 60_000),
-    # d = 512: pycma switches to two-point step-size adaptation (TPA) from d = 300, and so do we
-    # (step_size_rule="auto"); ~2 min per run on 2 shared cores, so the sphere only.
-    ("sphere", 512, 1e-2, 40_000),
-])
+@pytest.mark.parametrize(
+    "name,d,target,budget",
+    [
+        ("ellipsoid", 40, 1e3, 20_000),
+        ("ellipsoid", 40, 1e-2, 100_000),
+        ("rosenbrock", 40, 30.0, 60_000),
+        # d = 512: pycma switches to two-point step-size adaptation (TPA) from d = 300, and so do we
+        # (step_size_rule="auto"); ~2 min per run on 2 shared cores, so the sphere only.
+        ("sphere", 512, 1e-2, 40_000),
+    ],
+)
 def test_evals_to_target_within_1_5x_of_pycma_slow(name, d, target, budget):
     assert_within_pycma(name, d, target, budget)
 

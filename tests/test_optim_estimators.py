@@ -69,7 +69,7 @@ def test_rge_is_unbiased_over_many_seeds():
         u = gaussian_directions(rng(seed, 2, 0), 100, D)
         est = np.zeros(D)
         for k in range(100):  # one direction per estimate, as in the paper (q = 1)
-            est += rge_gradient(quadratic(rge_points(X, 1e-3, u[k:k + 1])), 1e-3, u[k:k + 1])[0]
+            est += rge_gradient(quadratic(rge_points(X, 1e-3, u[k : k + 1])), 1e-3, u[k : k + 1])[0]
         total += est
     mean = total / n_draws
     assert np.linalg.norm(mean - g) / np.linalg.norm(g) < 3 * np.sqrt((D + 1) / n_draws)
@@ -121,8 +121,9 @@ def test_z_pruning_mask_keeps_the_documented_coordinates():
     # score = w²·z = [-0.535, -1.035, 0.0, -5.123, -0.431, -1.725].
     w = np.array([1.0, 2.0, 0.0, 3.0, 1.0, 2.0])
     g = np.array([1.0, 3.0, 9.0, 0.0, 2.0, 2.0])
-    np.testing.assert_allclose(z_pruning_scores(w, g),
-                               [-0.535, -1.035, 0.0, -5.123, -0.431, -1.725], atol=2e-3)
+    np.testing.assert_allclose(
+        z_pruning_scores(w, g), [-0.535, -1.035, 0.0, -5.123, -0.431, -1.725], atol=2e-3
+    )
     # keep="high" (edge preset) keeps the 3 largest scores: coordinates 2, 4, 0.
     assert set(np.flatnonzero(z_pruning_mask(w, g, 0.5, "high"))) == {0, 2, 4}
     # keep="low" (the released code, and our paper preset) keeps the 3 smallest: 3, 5, 1.

@@ -117,9 +117,18 @@ def test_save_load_continue_is_bit_identical(name, preset, tmp_path):
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_each_strategy_reduces_the_loss(name):
-    opt = make_optimizer(name, D, preset="paper", seed=3, **{
-        "sharpzo": dict(change_point=30, mask_interval=50, learning_rate=0.05, step_size=0.3),
-        "cma": dict(step_size=0.3), "zo": dict(learning_rate=0.05), "spsa-clip": dict(a=0.2)}[name])
+    opt = make_optimizer(
+        name,
+        D,
+        preset="paper",
+        seed=3,
+        **{
+            "sharpzo": dict(change_point=30, mask_interval=50, learning_rate=0.05, step_size=0.3),
+            "cma": dict(step_size=0.3),
+            "zo": dict(learning_rate=0.05),
+            "spsa-clip": dict(a=0.2),
+        }[name],
+    )
     x0 = np.full(D, 1.5)
     state, _, _ = run(opt, opt.init(x0), 400)
     start = valley_objective(x0[None])[0]
@@ -130,8 +139,15 @@ def test_each_strategy_reduces_the_loss(name):
 
 def test_sharpzo_paper_query_counts_match_the_formulas():
     lam, cp, k = 6, 3, 2
-    opt = make_optimizer("sharpzo", D, preset="paper", population_size=lam, change_point=cp,
-                         mask_interval=k, directions=2)
+    opt = make_optimizer(
+        "sharpzo",
+        D,
+        preset="paper",
+        population_size=lam,
+        change_point=cp,
+        mask_interval=k,
+        directions=2,
+    )
     state = opt.init(np.zeros(D))
     log = []
     for _ in range(2 * cp + 1 + 2 * k + 2):
@@ -143,27 +159,41 @@ def test_sharpzo_paper_query_counts_match_the_formulas():
     assert log[: 2 * cp] == [("sharpness-probe", 2 * D), ("sample", lam)] * cp
     # Stage 2: a mask refresh (2d CGE rows) at the switch and every K steps; each step 2q rows.
     refresh_then_steps = [("mask-probe", 2 * D)] + [("step", 2 * q)] * k
-    assert log[2 * cp:] == refresh_then_steps * 2 + [("mask-probe", 2 * D)]
+    assert log[2 * cp :] == refresh_then_steps * 2 + [("mask-probe", 2 * D)]
     assert state.queries == sum(n for _, n in log) == cp * (lam + 2 * D) + 3 * 2 * D + 2 * k * 2 * q
 
 
 def test_sharpzo_edge_costs_lambda_per_generation_and_cheap_mask_probes():
-    opt = make_optimizer("sharpzo", D, preset="edge", population_size=6, change_point=2,
-                         mask_interval=1, mask_directions=3)
+    opt = make_optimizer(
+        "sharpzo",
+        D,
+        preset="edge",
+        population_size=6,
+        change_point=2,
+        mask_interval=1,
+        mask_directions=3,
+    )
     state = opt.init(np.zeros(D))
     log = []
     for _ in range(6):
         state, info = opt.tell(state, valley_objective(opt.ask(state)))
         log.append((info["phase"], info["queries"]))
-    assert log == [("sample", 6), ("sample", 6), ("mask-probe", 6), ("step", 2), ("mask-probe", 6),
-                   ("step", 2)]
+    assert log == [
+        ("sample", 6),
+        ("sample", 6),
+        ("mask-probe", 6),
+        ("step", 2),
+        ("mask-probe", 6),
+        ("step", 2),
+    ]
 
 
 def test_sa_cma_shifts_every_candidate_by_rho_along_the_gradient():
     rho = 0.1
     opt = make_optimizer("sharpzo", D, preset="paper", population_size=6, sharpness_radius=rho)
-    plain = make_optimizer("cma", D, preset="paper", population_size=6,
-                           step_size=opt.config.step_size, seed=0)
+    plain = make_optimizer(
+        "cma", D, preset="paper", population_size=6, step_size=opt.config.step_size, seed=0
+    )
     x0 = np.full(D, 0.5)
     state = opt.init(x0)
     state, _ = opt.tell(state, valley_objective(opt.ask(state)))  # CGE probe
@@ -193,8 +223,9 @@ def test_switch_at_fixed_change_point_starts_from_the_cma_mean():
 
 
 def test_plateau_switch_waits_for_patience_evaluations_without_improvement():
-    opt = make_optimizer("sharpzo", D, preset="edge", population_size=6, change_point=100,
-                         patience=3, min_delta=0.01)
+    opt = make_optimizer(
+        "sharpzo", D, preset="edge", population_size=6, change_point=100, patience=3, min_delta=0.01
+    )
     state = opt.init(np.zeros(D))
     accuracies = [0.50, 0.60, 0.605, 0.609, 0.61]  # +0.10, then three gains of < 0.01
     for i, acc in enumerate(accuracies):
@@ -211,8 +242,11 @@ def test_without_validation_the_plateau_rule_switches_at_the_cap():
 
 @pytest.mark.parametrize("name", ["zo", "spsa-clip", "sharpzo"])
 def test_zo_skips_a_step_whose_losses_are_all_nonfinite_and_counts_it(name):
-    opt = make_optimizer(name, D, preset="paper", change_point=0, keep_fraction=1.0) \
-        if name == "sharpzo" else make_optimizer(name, D, preset="paper")
+    opt = (
+        make_optimizer(name, D, preset="paper", change_point=0, keep_fraction=1.0)
+        if name == "sharpzo"
+        else make_optimizer(name, D, preset="paper")
+    )
     state = opt.init(np.ones(D))
     n = opt.ask(state).shape[0]
     after, info = opt.tell(state, np.full(n, np.nan))
@@ -259,11 +293,21 @@ def test_population_of_one_is_refused_for_sharpzo():
 
 def test_presets_are_data_and_every_field_overridable():
     paper = make_optimizer("sharpzo", 512, preset="paper", dataset="imagenet").config
-    shared = (paper.population_size, paper.sharpness_radius, paper.smoothing, paper.directions,
-              paper.mask_interval, paper.keep_fraction, paper.total_steps)
+    shared = (
+        paper.population_size,
+        paper.sharpness_radius,
+        paper.smoothing,
+        paper.directions,
+        paper.mask_interval,
+        paper.keep_fraction,
+        paper.total_steps,
+    )
     assert shared == (40, 0.1, 1e-3, 1, 200, 0.5, 20_000)
-    assert (paper.step_size, paper.sharpness_smoothing, paper.change_point,
-            paper.learning_rate) == PAPER_DATASETS["imagenet"] == (1.0, 1e-5, 200, 1e-1)
+    assert (
+        (paper.step_size, paper.sharpness_smoothing, paper.change_point, paper.learning_rate)
+        == PAPER_DATASETS["imagenet"]
+        == (1.0, 1e-5, 200, 1e-1)
+    )
     assert make_optimizer("sharpzo", 512, preset="paper").config.change_point == 500  # EuroSAT
     edge = make_optimizer("sharpzo", 512, seed=4, patience=3).config
     assert edge.sharpness == "population" and edge.patience == 3 and edge.seed == 4
@@ -302,8 +346,11 @@ def test_state_files_from_elsewhere_are_refused(tmp_path):
         return path
 
     older = write("old.npz", __meta__=np.array(json.dumps({**meta, "version": 0})))
-    with pytest.raises(CheckpointError, match=r"old.npz: optimizer state version 0 "
-                                              r"\(this edge-tune reads version 1\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"old.npz: optimizer state version 0 "
+        r"\(this edge-tune reads version 1\)",
+    ):
         load_state(older)
     missing = write("missing.npz")
     with np.load(missing) as f:

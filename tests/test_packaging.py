@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 REPO = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
@@ -19,7 +19,7 @@ def import_name(folder: Path) -> str:
     relative = folder.relative_to(REPO).parts
     for name, source in SETUPTOOLS.get("package-dir", {}).items():
         if relative[: len(Path(source).parts)] == Path(source).parts:
-            return ".".join([name, *relative[len(Path(source).parts):]])
+            return ".".join([name, *relative[len(Path(source).parts) :]])
     return ".".join(relative)
 
 
@@ -37,7 +37,9 @@ def test_the_files_the_code_reads_are_package_data():
 
     edge_tune = REPO / "edge_tune"
     export = REPO / SETUPTOOLS["package-dir"]["edge_tune_export"]
-    assert DEFAULT_BUNDLE.is_relative_to(edge_tune) and (DEFAULT_BUNDLE / "text_shared.onnx").is_file()
+    assert (
+        DEFAULT_BUNDLE.is_relative_to(edge_tune) and (DEFAULT_BUNDLE / "text_shared.onnx").is_file()
+    )
     assert REGISTRY_FILE.is_relative_to(export) and CLIP_BPE_TOKENIZER.is_relative_to(export)
     data = SETUPTOOLS["package-data"]
     assert data[import_name(DEFAULT_BUNDLE)] == ["*"]
@@ -47,8 +49,19 @@ def test_the_files_the_code_reads_are_package_data():
 
 @pytest.mark.slow
 def test_the_wheel_fits_predicts_evaluates_and_exports_from_an_unrelated_folder(tmp_path):
-    done = subprocess.run(["bash", str(REPO / "scripts" / "wheel_check.sh"), "--workdir", str(tmp_path),
-                           "--python", sys.executable], capture_output=True, text=True, timeout=1500)
+    done = subprocess.run(
+        [
+            "bash",
+            str(REPO / "scripts" / "wheel_check.sh"),
+            "--workdir",
+            str(tmp_path),
+            "--python",
+            sys.executable,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     lines = done.stdout.splitlines()
     assert "wheel_check: installed with [cpu] only (no onnx, torch or transformers)" in lines

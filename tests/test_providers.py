@@ -12,8 +12,11 @@ from edge_tune.providers import PROVIDER_NAMES, available_providers, make_sessio
 
 def absent_provider() -> str:
     have = set(ort.get_available_providers())
-    return next(short for short in ("coreml", "nnapi", "cuda", "tensorrt", "directml")
-                if PROVIDER_NAMES[short] not in have)
+    return next(
+        short
+        for short in ("coreml", "nnapi", "cuda", "tensorrt", "directml")
+        if PROVIDER_NAMES[short] not in have
+    )
 
 
 def test_available_lists_this_build_in_short_names():
@@ -35,7 +38,8 @@ def test_explicit_absent_provider_is_an_error():
         resolve_provider(name)
     assert str(caught.value).startswith(
         f"execution provider {name!r} is not in this onnxruntime build (available: "
-        f"{', '.join(available_providers())}). ")
+        f"{', '.join(available_providers())}). "
+    )
     assert "\n" not in str(caught.value)
 
 
@@ -43,7 +47,9 @@ def test_unknown_provider_is_an_error():
     with pytest.raises(ProviderError) as caught:
         resolve_provider("quantum")
     assert str(caught.value).startswith("execution provider 'quantum' is unknown") is False
-    assert str(caught.value).startswith("unknown execution provider 'quantum'. Use one of: auto, cpu, cuda, ")
+    assert str(caught.value).startswith(
+        "unknown execution provider 'quantum'. Use one of: auto, cpu, cuda, "
+    )
 
 
 def test_cpu_session_runs_with_the_threads_asked_for(tiny_bundle):
@@ -51,8 +57,12 @@ def test_cpu_session_runs_with_the_threads_asked_for(tiny_bundle):
     assert session.providers == ["CPUExecutionProvider"] and session.provider == "cpu"
     assert session.report == "running on CPU (1 thread)"
     assert session.inner.get_session_options().intra_op_num_threads == 1
-    out = session.run({"prompt_embeds": np.zeros((3, 5, 64), np.float32),
-                       "eot_index": np.array([4, 2, 0], np.int64)})
+    out = session.run(
+        {
+            "prompt_embeds": np.zeros((3, 5, 64), np.float32),
+            "eot_index": np.array([4, 2, 0], np.int64),
+        }
+    )
     assert out.shape == (3, 32)
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
 
@@ -74,4 +84,6 @@ def test_cli_explicit_absent_provider_is_one_line(tiny_bundle, run_cli):
     done = run_cli("info", tiny_bundle, "--provider", name)
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1
-    assert done.stderr.startswith(f"Error: execution provider {name!r} is not in this onnxruntime build")
+    assert done.stderr.startswith(
+        f"Error: execution provider {name!r} is not in this onnxruntime build"
+    )

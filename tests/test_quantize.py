@@ -46,7 +46,9 @@ def _damage_text_graph(real_quantize_graph):
     return damaging
 
 
-@pytest.mark.parametrize("mode, op, tolerance", [("int8", "MatMulInteger", 0.5), ("fp16", None, 1e-2)])
+@pytest.mark.parametrize(
+    "mode, op, tolerance", [("int8", "MatMulInteger", 0.5), ("fp16", None, 1e-2)]
+)
 def test_quantised_bundle_is_complete_and_close_to_fp32(bundle_dir, tmp_path, mode, op, tolerance):
     out = tmp_path / mode
     manifest = quantize_bundle(bundle_dir, out, mode)
@@ -79,8 +81,8 @@ def _labelled_by_fp32(bundle_path: Path, shots: Path):
     """The shots relabelled with the fp32 bundle's own zero-shot predictions: fp32 scores 100%."""
     from edge_tune.bundle import open_bundle
     from edge_tune.data import Dataset, Sample, load_shots
-    from edge_tune.features import image_features
     from edge_tune.encoders import PlainEncoder
+    from edge_tune.features import image_features
     from edge_tune.prompts import PromptSpace
 
     bundle = open_bundle(bundle_path)
@@ -93,7 +95,9 @@ def _labelled_by_fp32(bundle_path: Path, shots: Path):
     return Dataset(list(dataset.classnames), samples, dataset.root)
 
 
-def test_gate_passes_an_identical_bundle_and_refuses_a_damaged_one(bundle_dir, tmp_path, monkeypatch):
+def test_gate_passes_an_identical_bundle_and_refuses_a_damaged_one(
+    bundle_dir, tmp_path, monkeypatch
+):
     from fit_support import make_colour_shots
 
     monkeypatch.setenv("EDGE_TUNE_CACHE", str(tmp_path / "cache"))
@@ -103,19 +107,24 @@ def test_gate_passes_an_identical_bundle_and_refuses_a_damaged_one(bundle_dir, t
     assert same["worst_drop_points"] == 0.0
     assert same["images"] == 24
 
-    monkeypatch.setattr(quantize_module, "quantize_graph", _damage_text_graph(quantize_module.quantize_graph))
+    monkeypatch.setattr(
+        quantize_module, "quantize_graph", _damage_text_graph(quantize_module.quantize_graph)
+    )
     out = tmp_path / "refused"
     with pytest.raises(ExportError) as refused:
         quantize_bundle(bundle_dir, out, "int8", gate_data=shots, max_drop_points=1.0)
     assert str(refused.value) == (
         f"{out}: int8 bundle refused, nothing written: accuracy falls 100.0 points below fp32 on "
         f"{shots.root.resolve()} (zero-shot int8 0.0% vs fp32 100.0%), more than the 1 allowed. "
-        "Keep the fp32 bundle (export without --quantize/--fp16)")
+        "Keep the fp32 bundle (export without --quantize/--fp16)"
+    )
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".refused")]
 
 
-def test_export_refuses_a_damaged_quantisation_and_leaves_nothing(bundle_dir, tmp_path, monkeypatch):
+def test_export_refuses_a_damaged_quantisation_and_leaves_nothing(
+    bundle_dir, tmp_path, monkeypatch
+):
     """The whole `edge-tune export --quantize` path: fp32 staging, conversion, gate, no partial output."""
     from fit_support import make_colour_shots
 
@@ -123,17 +132,21 @@ def test_export_refuses_a_damaged_quantisation_and_leaves_nothing(bundle_dir, tm
 
     monkeypatch.setenv("EDGE_TUNE_CACHE", str(tmp_path / "cache"))
     shots = _labelled_by_fp32(bundle_dir, make_colour_shots(tmp_path / "eval", per_class=6))
-    monkeypatch.setattr(quantize_module, "quantize_graph", _damage_text_graph(quantize_module.quantize_graph))
+    monkeypatch.setattr(
+        quantize_module, "quantize_graph", _damage_text_graph(quantize_module.quantize_graph)
+    )
     out_parent = tmp_path / "bundles"
     out_parent.mkdir()
     out = out_parent / "tiny-int8"
     lines: list[str] = []
     with pytest.raises(ExportError) as refused:
         export_bundle("tiny-random", out, quantize="int8", gate_data=shots, echo=lines.append)
-    assert str(refused.value).startswith(f"{out}: int8 bundle refused, nothing written: accuracy falls "
-                                         "100.0 points below fp32 on ")
-    assert str(refused.value).endswith("more than the 1 allowed. Keep the fp32 bundle (export without "
-                                       "--quantize/--fp16)")
+    assert str(refused.value).startswith(
+        f"{out}: int8 bundle refused, nothing written: accuracy falls 100.0 points below fp32 on "
+    )
+    assert str(refused.value).endswith(
+        "more than the 1 allowed. Keep the fp32 bundle (export without --quantize/--fp16)"
+    )
     assert list(out_parent.iterdir()) == []  # no bundle, no staging folder, no fp32 left behind
     assert any(line.startswith("gate: zero-shot int8 0.0% vs fp32 100.0%") for line in lines)
 
@@ -143,19 +156,32 @@ def test_gate_defaults(tmp_path):
     from edge_tune_export.quantize import MINIWORLD_DEMO, resolve_gate
 
     miniworld = {"model": {"name": "miniworld", "source": f"dir:{MINIWORLD_DEMO.parent / 'clip'}"}}
-    assert resolve_gate(miniworld, gate_data=None, gate_prompt=None, no_gate=False, mode="int8") == {
-        "gate_data": MINIWORLD_DEMO / "eval", "gate_prompt": None, "gate_shots": MINIWORLD_DEMO / "shots"}
+    assert resolve_gate(
+        miniworld, gate_data=None, gate_prompt=None, no_gate=False, mode="int8"
+    ) == {
+        "gate_data": MINIWORLD_DEMO / "eval",
+        "gate_prompt": None,
+        "gate_shots": MINIWORLD_DEMO / "shots",
+    }
     other = {"model": {"name": "tiny-random", "source": "registry:tiny-random"}}
     with pytest.raises(ExportError) as missing:
         resolve_gate(other, gate_data=None, gate_prompt=None, no_gate=False, mode="fp16")
     assert str(missing.value) == (
         "tiny-random: the fp16 bundle must pass an accuracy gate, and this model has no default gate data. "
         "Pass --gate-data DIR (labelled images, DIR/<class>/*.png) [--gate-prompt RUN], or --no-gate to "
-        "skip the check")
-    assert resolve_gate(other, gate_data=tmp_path, gate_prompt=None, no_gate=False, mode="int8")[
-        "gate_data"] == tmp_path
+        "skip the check"
+    )
+    assert (
+        resolve_gate(other, gate_data=tmp_path, gate_prompt=None, no_gate=False, mode="int8")[
+            "gate_data"
+        ]
+        == tmp_path
+    )
     assert resolve_gate(other, gate_data=None, gate_prompt=None, no_gate=True, mode="int8") == {
-        "gate_data": None, "gate_prompt": None, "gate_shots": None}
+        "gate_data": None,
+        "gate_prompt": None,
+        "gate_shots": None,
+    }
     with pytest.raises(ExportError, match="--gate-prompt needs --gate-data"):
         resolve_gate(other, gate_data=None, gate_prompt=tmp_path, no_gate=False, mode="int8")
 
@@ -166,14 +192,19 @@ def test_cli_fp16_export_verifies_and_ungated_export_is_refused(tmp_path, run_cl
     assert refused.stderr.strip().splitlines()[-1] == (
         "Error: tiny-random: the fp16 bundle must pass an accuracy gate, and this model has no default gate "
         "data. Pass --gate-data DIR (labelled images, DIR/<class>/*.png) [--gate-prompt RUN], or --no-gate "
-        "to skip the check")
+        "to skip the check"
+    )
     assert list(tmp_path.iterdir()) == []
 
     out = tmp_path / "tiny-fp16"
     done = run_cli("export", "tiny-random", "--fp16", "--no-gate", "--out", out)
     assert done.returncode == 0, done.stderr
-    assert "warning: --no-gate: the fp16 bundle's accuracy is not checked against fp32" in done.stderr
-    info = run_cli("info", out, "--provider", "cpu", "--json")  # verifies every hash, runs the text graph
+    assert (
+        "warning: --no-gate: the fp16 bundle's accuracy is not checked against fp32" in done.stderr
+    )
+    info = run_cli(
+        "info", out, "--provider", "cpu", "--json"
+    )  # verifies every hash, runs the text graph
     assert info.returncode == 0, info.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["precision"] == "fp16" and manifest["model"]["name"] == "tiny-random-fp16"
@@ -196,6 +227,8 @@ def test_miniworld_quantised_bundle_passes_the_default_gate(tmp_path, mode):
     record = manifest["quantization"]["gate"]
     assert record["passed"] and record["worst_drop_points"] <= 1.0
     assert record["images"] == 500 and record["tuned_prompt"]["queries"] == 1000
-    assert record["fp32"]["tuned"] >= record["fp32"]["zero-shot"] + 10  # the tuned prompt is really tuned
+    assert (
+        record["fp32"]["tuned"] >= record["fp32"]["zero-shot"] + 10
+    )  # the tuned prompt is really tuned
     assert record["candidate"]["tuned"] >= record["fp32"]["tuned"] - 1.0
     assert record["candidate"]["zero-shot"] >= record["fp32"]["zero-shot"] - 1.0

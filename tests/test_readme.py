@@ -27,9 +27,21 @@ def test_readme_library_snippet_runs_as_written(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "runs" / "readme" / "classifier.npz").is_file()
     result = json.loads((tmp_path / "runs" / "readme" / "result.json").read_text())
     tuned = float(printed[-2])
-    assert tuned == result["tuned_accuracy"] > result["zero_shot_accuracy"]  # 400 queries already gain
-    assert printed[-1] in {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                           "Sneaker", "Bag", "Ankle boot"}
+    assert (
+        tuned == result["tuned_accuracy"] > result["zero_shot_accuracy"]
+    )  # 400 queries already gain
+    assert printed[-1] in {
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    }
 
 
 def test_readme_quotes_the_demo_command_and_its_figures():
@@ -38,7 +50,7 @@ def test_readme_quotes_the_demo_command_and_its_figures():
     assert "bash scripts/test.sh" in ci
     # the README's accuracy table is docs/accuracy.md's summary, number for number
     docs = (REPO / "docs" / "accuracy.md").read_text(encoding="utf-8")
-    header = docs[docs.index("| shots | "):].splitlines()[0].split(" | ")
+    header = docs[docs.index("| shots | ") :].splitlines()[0].split(" | ")
     rows = re.findall(r"^\| (\d+) \| (.*) \|$", README, flags=re.M)
     assert [int(n) for n, _ in rows] == [1, 2, 4, 8, 16]
     for shots, cells in rows:
@@ -56,8 +68,14 @@ def test_readme_quotes_the_demo_command_and_its_figures():
 def test_demo_command_tunes_above_zero_shot(tmp_path):
     """`bash scripts/demo.sh RUN` as a newcomer runs it: tuned accuracy on unseen images beats zero-shot."""
     env = dict(os.environ, EDGE_TUNE_CACHE=str(tmp_path / "cache"), PYTHON=sys.executable)
-    done = subprocess.run(["bash", "scripts/demo.sh", str(tmp_path / "run")], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        ["bash", "scripts/demo.sh", str(tmp_path / "run")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     zero = float(re.search(r"zero-shot: accuracy ([\d.]+)%", done.stdout).group(1))
     assert "zero-shot: accuracy 61.0% (305/500 images" in done.stdout  # as the README quotes it

@@ -116,12 +116,15 @@ def test_kill_9_at_a_random_moment_then_resume_is_bit_identical(task, reference)
     done = subprocess.run(_resume(run), env=env, capture_output=True, text=True)
     assert done.returncode == 0, f"resume after kill at +{delay:.2f}s failed: {done.stderr}"
     for name in ARTIFACTS:
-        assert (run / name).read_bytes() == (
-            reference_run / name
-        ).read_bytes(), f"{name} differs after a kill at +{delay:.2f}s"
+        assert (run / name).read_bytes() == (reference_run / name).read_bytes(), (
+            f"{name} differs after a kill at +{delay:.2f}s"
+        )
     resumed, straight = (json.loads((r / "result.json").read_text()) for r in (run, reference_run))
     assert resumed["queries"] == straight["queries"]
-    assert resumed["candidates"] == straight["candidates"] and resumed["shipped"] == straight["shipped"]
+    assert (
+        resumed["candidates"] == straight["candidates"]
+        and resumed["shipped"] == straight["shipped"]
+    )
 
 
 @pytest.mark.slow
@@ -130,7 +133,7 @@ def test_ctrl_c_saves_hints_resume_and_resume_is_bit_identical(task, reference):
     reference_run, seconds = reference
     run, err, _ = _interrupt_mid_run(task, seconds, signal.SIGINT, "interrupted")
     assert err.splitlines()[-1].endswith(
-        f"checkpoint saved in {run}. Continue with: " f"edge-tune fit --resume {run}"
+        f"checkpoint saved in {run}. Continue with: edge-tune fit --resume {run}"
     ), err
     done = subprocess.run(_resume(run), env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

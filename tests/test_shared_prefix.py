@@ -28,18 +28,31 @@ def objectives(bundle_path, classes: int, **options):
     bundle = open_bundle(bundle_path)
     space = PromptSpace.build(bundle, [f"class {i}" for i in range(classes)], seed=0)
     features, labels = random_features(4 * classes, int(bundle.projection_dim), classes)
-    standard = PromptObjective(text_encoder(bundle, space, threads=1, shared_prefix=False, **options),
-                               features, labels, logit_scale=bundle.logit_scale)
-    shared = PromptObjective(text_encoder(bundle, space, threads=1, shared_prefix=True, **options),
-                             features, labels, logit_scale=bundle.logit_scale)
+    standard = PromptObjective(
+        text_encoder(bundle, space, threads=1, shared_prefix=False, **options),
+        features,
+        labels,
+        logit_scale=bundle.logit_scale,
+    )
+    shared = PromptObjective(
+        text_encoder(bundle, space, threads=1, shared_prefix=True, **options),
+        features,
+        labels,
+        logit_scale=bundle.logit_scale,
+    )
     return space, standard, shared
 
 
 def test_the_bundle_lists_and_checks_the_shared_graph(shared_bundle):
     manifest = json.loads((shared_bundle / "manifest.json").read_text())
     assert manifest["graphs"]["text_shared"]["file"] == "text_shared.onnx"
-    assert set(manifest["files"]) == {"image.onnx", "text.onnx", "text_shared.onnx",
-                                      "token_embedding.npy", "tokenizer.json"}
+    assert set(manifest["files"]) == {
+        "image.onnx",
+        "text.onnx",
+        "text_shared.onnx",
+        "token_embedding.npy",
+        "tokenizer.json",
+    }
     assert manifest["parity"]["text_shared_max_abs_diff"] <= 1e-5
     bundle = open_bundle(shared_bundle)  # hashes verified, the new file included
     space = PromptSpace.build(bundle, ["a", "b"], seed=0)
@@ -68,12 +81,15 @@ def test_a_bundle_without_it_scores_with_text_onnx(tmp_path):
 
 
 @pytest.mark.parametrize("classes, memory_cap", [(3, None), (10, None), (40, 2**20)])
-def test_shared_features_equal_the_text_graph_and_do_not_depend_on_the_batch(shared_bundle, classes,
-                                                                             memory_cap):
+def test_shared_features_equal_the_text_graph_and_do_not_depend_on_the_batch(
+    shared_bundle, classes, memory_cap
+):
     """K = 40 with a 1 MiB cap splits the classes into blocks: still the same features."""
     options = {} if memory_cap is None else {"memory_cap": memory_cap}
     space, standard, shared = objectives(shared_bundle, classes, **options)
-    assert isinstance(shared.encoder, SharedPrefixEncoder) and isinstance(standard.encoder, PlainEncoder)
+    assert isinstance(shared.encoder, SharedPrefixEncoder) and isinstance(
+        standard.encoder, PlainEncoder
+    )
     W = np.random.default_rng(0).standard_normal((7, space.dim)) * 0.05
     together = shared.encoder.features(W)
     np.testing.assert_allclose(together, standard.encoder.features(W), rtol=0, atol=1e-6)
@@ -89,15 +105,42 @@ def test_fit_uses_the_shared_graph_and_tunes(shared_bundle, tmp_path, run_cli):
     shots = make_colour_shots(tmp_path / "shots", seed=0)
     evaluation = make_colour_shots(tmp_path / "eval", seed=1)
     env = {"EDGE_TUNE_CACHE": str(tmp_path / "cache")}
-    done = run_cli("fit", "--data", shots, "--eval", evaluation, "--bundle", shared_bundle,
-                   "--budget-queries", 800, "--threads", 1, "--out", tmp_path / "run", "--json",
-                   "--head", "none", env=env)
+    done = run_cli(
+        "fit",
+        "--data",
+        shots,
+        "--eval",
+        evaluation,
+        "--bundle",
+        shared_bundle,
+        "--budget-queries",
+        800,
+        "--threads",
+        1,
+        "--out",
+        tmp_path / "run",
+        "--json",
+        "--head",
+        "none",
+        env=env,
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     prompt = next(row for row in result["candidates"] if row["name"] == "prompt")
     assert prompt["eval_accuracy"] >= result["zero_shot_accuracy"] + 0.15, result
-    scored = run_cli("eval", "--bundle", shared_bundle, "--data", evaluation, "--prompt", tmp_path / "run",
-                     "--threads", 1, "--json", env=env)
+    scored = run_cli(
+        "eval",
+        "--bundle",
+        shared_bundle,
+        "--data",
+        evaluation,
+        "--prompt",
+        tmp_path / "run",
+        "--threads",
+        1,
+        "--json",
+        env=env,
+    )
     assert scored.returncode == 0, scored.stderr
     assert json.loads(scored.stdout)["accuracy"] == pytest.approx(prompt["eval_accuracy"])
 
@@ -111,7 +154,9 @@ def test_int8_converts_the_shared_graph_too(shared_bundle, tmp_path):
     assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops
     space, standard, shared = objectives(tmp_path / "int8", 4)
     W = np.zeros((1, space.dim))
-    np.testing.assert_allclose(shared.encoder.features(W), standard.encoder.features(W), rtol=0, atol=0.05)
+    np.testing.assert_allclose(
+        shared.encoder.features(W), standard.encoder.features(W), rtol=0, atol=0.05
+    )
 
 
 def test_bench_speed_measures_the_shared_graph_beside_text_onnx(shared_bundle):

@@ -10,7 +10,9 @@ import pytest
 from edge_tune.errors import BundleError
 from edge_tune.tokenizer import ClipTokenizer
 
-CLIP_BPE = Path(__file__).resolve().parent.parent / "export" / "data" / "clip-bpe" / "tokenizer.json"
+CLIP_BPE = (
+    Path(__file__).resolve().parent.parent / "export" / "data" / "clip-bpe" / "tokenizer.json"
+)
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +53,18 @@ def test_bad_file_is_a_bundle_error(tmp_path):
     with pytest.raises(BundleError) as caught:
         ClipTokenizer.from_file(path)
     assert str(caught.value).startswith(f"{path}: cannot read the tokenizer (")
-    path.write_text(json.dumps(json.loads(CLIP_BPE.read_text())["model"] and {
-        "version": "1.0", "model": {"type": "WordLevel", "vocab": {"a": 0, "[UNK]": 1}, "unk_token": "[UNK]"}}))
+    path.write_text(
+        json.dumps(
+            json.loads(CLIP_BPE.read_text())["model"]
+            and {
+                "version": "1.0",
+                "model": {"type": "WordLevel", "vocab": {"a": 0, "[UNK]": 1}, "unk_token": "[UNK]"},
+            }
+        )
+    )
     with pytest.raises(BundleError) as caught:
         ClipTokenizer.from_file(path)
-    assert str(caught.value) == (f"{path}: not a CLIP tokenizer (no <|startoftext|>/<|endoftext|> tokens). "
-                                 "Re-export the bundle with `edge-tune export`")
+    assert str(caught.value) == (
+        f"{path}: not a CLIP tokenizer (no <|startoftext|>/<|endoftext|> tokens). "
+        "Re-export the bundle with `edge-tune export`"
+    )

@@ -32,10 +32,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edge_tune.classifier import Classifier, Prediction
+from edge_tune.data import IMAGE_EXTENSIONS
 from edge_tune.errors import EdgeTuneError
 from edge_tune.fit import Budget, FitConfig, Tuner, parse_duration
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+#: What one retune may spend unless told otherwise.
+DEFAULT_BUDGET = Budget(queries=400, seconds=300.0)
 
 
 class LiveClassifier:
@@ -49,16 +51,25 @@ class LiveClassifier:
         on_swap: called with (run directory, result dict) after a new classifier went live.
     """
 
-    def __init__(self, bundle, home: str | Path, *, config: FitConfig = FitConfig(),
-                 budget: Budget = Budget(queries=400, seconds=300.0), threads: int | None = None,
-                 provider: str = "auto", on_swap: Callable[[Path, dict], None] | None = None):
+    def __init__(
+        self,
+        bundle,
+        home: str | Path,
+        *,
+        config: FitConfig | None = None,
+        budget: Budget | None = None,
+        threads: int | None = None,
+        provider: str = "auto",
+        on_swap: Callable[[Path, dict], None] | None = None,
+    ):
         from edge_tune.bundle import Bundle, open_bundle
 
         self.bundle = bundle if isinstance(bundle, Bundle) else open_bundle(bundle)
         self.home = Path(home)
         self.shots = self.home / "shots"
         self.runs = self.home / "runs"
-        self.config, self.budget = config, budget
+        self.config = config if config is not None else FitConfig()
+        self.budget = budget if budget is not None else DEFAULT_BUDGET
         self.threads, self.provider, self.on_swap = threads, provider, on_swap
         self.shots.mkdir(parents=True, exist_ok=True)
         self.runs.mkdir(parents=True, exist_ok=True)
@@ -72,7 +83,9 @@ class LiveClassifier:
         current = self.home / "current"
         self._classifier: Classifier | None = (
             Classifier.load(current, bundle=self.bundle, provider=provider, threads=threads)
-            if (current / "classifier.npz").is_file() else None)
+            if (current / "classifier.npz").is_file()
+            else None
+        )
 
     # -- predicting ----------------------------------------------------------------------------
 
@@ -85,8 +98,11 @@ class LiveClassifier:
         """Classify image files with the current classifier; returns (predictions, skipped)."""
         classifier = self._classifier  # one read: a swap during the call does not mix classifiers
         if classifier is None:
-            raise EdgeTuneError("no classifier yet", path=self.shots,
-                                hint="add labelled shots (2+ classes) and wait for the first tuning")
+            raise EdgeTuneError(
+                "no classifier yet",
+                path=self.shots,
+                hint="add labelled shots (2+ classes) and wait for the first tuning",
+            )
         return classifier.predict_files(paths, top_k=top_k)
 
     # -- learning ------------------------------------------------------------------------------
@@ -114,8 +130,9 @@ class LiveClassifier:
                 return False
             self._again = False
             self._stopping = False
-            self._thread = threading.Thread(target=self._tune_until_current, name="edge-tune-retune",
-                                            daemon=True)
+            self._thread = threading.Thread(
+                target=self._tune_until_current, name="edge-tune-retune", daemon=True
+            )
             self._thread.start()
             return True
 
@@ -163,10 +180,17 @@ class LiveClassifier:
 
     def _tune_once(self) -> None:
         run = _free_name(self.runs / time.strftime("%Y%m%dT%H%M%S"))
-        config = dataclasses.replace(self.config, budget_queries=self.budget.queries,
-                                     budget_seconds=self.budget.seconds)
-        tuner = Tuner(self.bundle, self.shots, config=config, run_dir=run, threads=self.threads,
-                      provider=self.provider)
+        config = dataclasses.replace(
+            self.config, budget_queries=self.budget.queries, budget_seconds=self.budget.seconds
+        )
+        tuner = Tuner(
+            self.bundle,
+            self.shots,
+            config=config,
+            run_dir=run,
+            threads=self.threads,
+            provider=self.provider,
+        )
         with self._lock:
             if self._stopping:  # stop() came while the tuner was being built
                 return
@@ -178,8 +202,9 @@ class LiveClassifier:
         self._swap_in(run, result)
 
     def _swap_in(self, run: Path, result: dict) -> None:
-        classifier = Classifier.load(run, bundle=self.bundle, provider=self.provider,
-                                     threads=self.threads)
+        classifier = Classifier.load(
+            run, bundle=self.bundle, provider=self.provider, threads=self.threads
+        )
         link = self.home / "current"
         partial = self.home / ".current.partial"
         if partial.is_symlink() or partial.exists():
@@ -203,8 +228,15 @@ def _free_name(path: Path) -> Path:
 
 
 def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                  and not p.name.startswith(".")) if folder.is_dir() else []
+    return (
+        sorted(
+            p
+            for p in folder.iterdir()
+            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+        )
+        if folder.is_dir()
+        else []
+    )
 
 
 class FolderApp:
@@ -241,9 +273,18 @@ class FolderApp:
                     target = _free_name(self.sorted / p.label / Path(p.source).name)
                     target.parent.mkdir(parents=True, exist_ok=True)
                     os.replace(p.source, target)
-                    log.write(json.dumps({"file": target.name, "class": p.label,
-                                          "probability": round(p.probability, 4),
-                                          "top_k": p.top_k, "run": self._current_run()}) + "\n")
+                    log.write(
+                        json.dumps(
+                            {
+                                "file": target.name,
+                                "class": p.label,
+                                "probability": round(p.probability, 4),
+                                "top_k": p.top_k,
+                                "run": self._current_run(),
+                            }
+                        )
+                        + "\n"
+                    )
                     print(f"{target.name}: {p.label} ({p.probability:.0%})", flush=True)
             for path, reason in skipped:
                 print(f"photo_sorter: skipped {path}: {reason}", file=sys.stderr)
@@ -261,21 +302,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", required=True, help="the app's folder (incoming/, label/, ...)")
     parser.add_argument("--budget-queries", type=int, default=400, help="queries per retune")
     parser.add_argument("--budget-time", default="5m", help="time per retune, e.g. 90s, 5m")
-    parser.add_argument("--retune-after", type=int, default=3, help="new labels that trigger a retune")
+    parser.add_argument(
+        "--retune-after", type=int, default=3, help="new labels that trigger a retune"
+    )
     parser.add_argument("--preset", default="edge", choices=("edge", "paper"))
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads")
     parser.add_argument("--poll", type=float, default=1.0, help="seconds between folder scans")
-    parser.add_argument("--once", action="store_true",
-                        help="one scan, wait for any tuning, one more scan, then exit")
+    parser.add_argument(
+        "--once",
+        action="store_true",
+        help="one scan, wait for any tuning, one more scan, then exit",
+    )
     args = parser.parse_args(argv)
     try:
         live = LiveClassifier(
-            args.bundle, args.home, config=FitConfig(preset=args.preset), threads=args.threads,
+            args.bundle,
+            args.home,
+            config=FitConfig(preset=args.preset),
+            threads=args.threads,
             budget=Budget(queries=args.budget_queries, seconds=parse_duration(args.budget_time)),
             on_swap=lambda run, result: print(
                 f"photo_sorter: new classifier {run.name}: accuracy {result['zero_shot_accuracy']:.1%}"
                 f" zero-shot -> {result['tuned_accuracy']:.1%} tuned ({result['queries']} queries)",
-                file=sys.stderr, flush=True))
+                file=sys.stderr,
+                flush=True,
+            ),
+        )
         app = FolderApp(live, retune_after=args.retune_after)
         if args.once:
             app.poll()
@@ -284,8 +336,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         stopping = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-        print(f"photo_sorter: watching {app.incoming} and {app.label}/<class>/ (Ctrl-C to stop)",
-              file=sys.stderr)
+        print(
+            f"photo_sorter: watching {app.incoming} and {app.label}/<class>/ (Ctrl-C to stop)",
+            file=sys.stderr,
+        )
         try:
             while not stopping.is_set():
                 app.poll()

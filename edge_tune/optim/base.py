@@ -8,7 +8,8 @@ candidates instead of receiving them back. Nothing here does I/O.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -59,8 +60,10 @@ def check_x0(x0: Any, dim: int) -> np.ndarray:
     """The starting point as a fresh float64 vector of the optimiser's dimension."""
     x = np.array(x0, dtype=np.float64, copy=True)
     if x.shape != (dim,):
-        raise OptimizerError(f"x0 has shape {x.shape}, expected ({dim},)",
-                             hint="Pass a 1-D vector with one entry per tuned parameter")
+        raise OptimizerError(
+            f"x0 has shape {x.shape}, expected ({dim},)",
+            hint="Pass a 1-D vector with one entry per tuned parameter",
+        )
     if not np.all(np.isfinite(x)):
         raise OptimizerError("x0 contains NaN or inf", hint="Start from a finite point")
     return x
@@ -69,22 +72,28 @@ def check_x0(x0: Any, dim: int) -> np.ndarray:
 def check_dim(dim: int) -> int:
     """Refuse d < 1: there is nothing to tune."""
     if not isinstance(dim, (int, np.integer)) or dim < 1:
-        raise OptimizerError(f"dimension must be a positive integer, got {dim!r}",
-                             hint="The prompt space needs at least one tuned parameter")
+        raise OptimizerError(
+            f"dimension must be a positive integer, got {dim!r}",
+            hint="The prompt space needs at least one tuned parameter",
+        )
     return int(dim)
 
 
 def check_losses(losses: Any, rows: int) -> np.ndarray:
     """Validate what `tell` receives: one real loss per asked row, as float64 (NaN/inf allowed)."""
     arr = np.asarray(losses)
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating)
-                                   or np.issubdtype(arr.dtype, np.integer)):
-        raise OptimizerError(f"losses have dtype {arr.dtype}, expected a real float array",
-                             hint="Pass the objective's float losses, one per candidate row")
+    if arr.dtype == object or not (
+        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+    ):
+        raise OptimizerError(
+            f"losses have dtype {arr.dtype}, expected a real float array",
+            hint="Pass the objective's float losses, one per candidate row",
+        )
     if arr.shape != (rows,):
-        raise OptimizerError(f"losses have shape {arr.shape}, expected ({rows},) "
-                             "(one per row of ask)",
-                             hint="Evaluate exactly the rows returned by ask(state), in order")
+        raise OptimizerError(
+            f"losses have shape {arr.shape}, expected ({rows},) (one per row of ask)",
+            hint="Evaluate exactly the rows returned by ask(state), in order",
+        )
     return arr.astype(np.float64, copy=True)
 
 
@@ -96,13 +105,15 @@ def rank_keys(losses: np.ndarray) -> np.ndarray:
 def require_some_finite(losses: np.ndarray, what: str) -> None:
     """All-NaN/inf feedback cannot move an optimiser: say so instead of corrupting the state."""
     if not np.any(np.isfinite(losses)):
-        raise NumericalError(f"every loss told to {what} was NaN or inf",
-                             hint="Check the objective (logit scale, prompt scale) "
-                                  "or lower the step size")
+        raise NumericalError(
+            f"every loss told to {what} was NaN or inf",
+            hint="Check the objective (logit scale, prompt scale) or lower the step size",
+        )
 
 
-def update_best(best_loss: float, best_x: np.ndarray, losses: np.ndarray,
-                rows: np.ndarray) -> tuple[float, np.ndarray]:
+def update_best(
+    best_loss: float, best_x: np.ndarray, losses: np.ndarray, rows: np.ndarray
+) -> tuple[float, np.ndarray]:
     """Best-so-far over every evaluated row (probe rows count: they are real evaluations)."""
     keys = rank_keys(losses)
     i = int(np.argmin(keys))

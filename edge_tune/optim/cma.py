@@ -99,9 +99,11 @@ def constants(dim: int, population_size: int | None, active: bool, diagonal: boo
     weights[:mu] = pos / pos.sum()
     if active and neg.size and np.abs(neg).sum() > 0:
         mu_eff_neg = neg.sum() ** 2 / (neg**2).sum()
-        alpha = min(1 + c_1 / c_mu if c_mu > 0 else math.inf,  # H16 eq. (50)
-                    1 + 2 * mu_eff_neg / (mu_eff + 2),  # H16 eq. (51)
-                    (1 - c_1 - c_mu) / (n * c_mu) if c_mu > 0 else math.inf)  # H16 eq. (52)
+        alpha = min(
+            1 + c_1 / c_mu if c_mu > 0 else math.inf,  # H16 eq. (50)
+            1 + 2 * mu_eff_neg / (mu_eff + 2),  # H16 eq. (51)
+            (1 - c_1 - c_mu) / (n * c_mu) if c_mu > 0 else math.inf,
+        )  # H16 eq. (52)
         weights[mu:] = 0.0 if not math.isfinite(alpha) else alpha * neg / np.abs(neg).sum()
     if diagonal:  # Ros & Hansen 2008: the separable model learns (n+2)/3 times faster
         c_1 = min(1.0, c_1 * (n + 2) / 3)
@@ -117,19 +119,24 @@ def check_config(config: CMAConfig, dim: int) -> Constants:
     """Refuse settings under which CMA-ES cannot learn; return its constants."""
     check_dim(dim)
     if config.population_size is not None and config.population_size < 2:
-        raise OptimizerError(f"CMA-ES population_size must be >= 2, got {config.population_size}",
-                             hint="A population of 1 cannot rank candidates; use 2 or more "
-                                  "(default 4 + 3 ln d)")
+        raise OptimizerError(
+            f"CMA-ES population_size must be >= 2, got {config.population_size}",
+            hint="A population of 1 cannot rank candidates; use 2 or more (default 4 + 3 ln d)",
+        )
     if not config.step_size > 0:
-        raise OptimizerError(f"CMA-ES step_size must be > 0, got {config.step_size}",
-                             hint="Use the initial search radius, e.g. 0.4")
-    if (config.lower is not None and config.upper is not None
-            and not config.lower < config.upper):
-        raise OptimizerError(f"CMA-ES bounds are empty: lower={config.lower} upper={config.upper}",
-                             hint="Give lower < upper, or no bounds")
+        raise OptimizerError(
+            f"CMA-ES step_size must be > 0, got {config.step_size}",
+            hint="Use the initial search radius, e.g. 0.4",
+        )
+    if config.lower is not None and config.upper is not None and not config.lower < config.upper:
+        raise OptimizerError(
+            f"CMA-ES bounds are empty: lower={config.lower} upper={config.upper}",
+            hint="Give lower < upper, or no bounds",
+        )
     if config.step_size_rule not in ("auto", "csa", "tpa"):
-        raise OptimizerError(f"unknown step_size_rule {config.step_size_rule!r}",
-                             hint="Choose one of auto, csa, tpa")
+        raise OptimizerError(
+            f"unknown step_size_rule {config.step_size_rule!r}", hint="Choose one of auto, csa, tpa"
+        )
     return constants(dim, config.population_size, config.active, config.diagonal)
 
 
@@ -150,8 +157,9 @@ def clip_to_bounds(config: CMAConfig, x: np.ndarray) -> np.ndarray:
     return np.clip(x, config.lower, config.upper)
 
 
-def bound_penalised(config: CMAConfig, keys: np.ndarray, x: np.ndarray,
-                    step_size: float) -> np.ndarray:
+def bound_penalised(
+    config: CMAConfig, keys: np.ndarray, x: np.ndarray, step_size: float
+) -> np.ndarray:
     """Rank keys with a penalty for samples outside the box (their loss is from the clipped point).
 
     DEVIATION(paper §3.3): the released code bounds CMA with pycma's BoundTransform (a smooth
@@ -174,13 +182,26 @@ def cma_init(config: CMAConfig, x0: np.ndarray) -> CMAState:
     d = x0.shape[0]
     check_config(config, d)
     diag = config.diagonal
-    return freeze(CMAState(
-        seed=int(config.seed), step=0, queries=0, mean=np.array(x0, dtype=np.float64),
-        step_size=float(config.step_size),
-        cov=np.ones(d) if diag else np.eye(d), basis=np.zeros((0, 0)) if diag else np.eye(d),
-        scales=np.ones(d), path_sigma=np.zeros(d), path_cov=np.zeros(d), eigen_step=0,
-        previous_mean=np.array(x0, dtype=np.float64), tpa_score=0.0,
-        best_loss=math.inf, best_x=np.array(x0, dtype=np.float64), nonfinite=0))
+    return freeze(
+        CMAState(
+            seed=int(config.seed),
+            step=0,
+            queries=0,
+            mean=np.array(x0, dtype=np.float64),
+            step_size=float(config.step_size),
+            cov=np.ones(d) if diag else np.eye(d),
+            basis=np.zeros((0, 0)) if diag else np.eye(d),
+            scales=np.ones(d),
+            path_sigma=np.zeros(d),
+            path_cov=np.zeros(d),
+            eigen_step=0,
+            previous_mean=np.array(x0, dtype=np.float64),
+            tpa_score=0.0,
+            best_loss=math.inf,
+            best_x=np.array(x0, dtype=np.float64),
+            nonfinite=0,
+        )
+    )
 
 
 # The last (config, state) -> sample: `ask` and the `tell` after it sample the same state, and
@@ -245,13 +266,17 @@ def cma_tell(config: CMAConfig, state: CMAState, losses: np.ndarray) -> tuple[CM
     mean = state.mean + sigma * y_w  # H16 eq. (41), c_m = 1
     z_w = w[:mu] @ z[:mu]  # C^(-1/2)·y_w = B·z_w
     whitened_step = z_w if config.diagonal else state.basis @ z_w
-    path_sigma = ((1 - c.c_sigma) * state.path_sigma
-                  + math.sqrt(c.c_sigma * (2 - c.c_sigma) * c.mu_eff) * whitened_step)  # eq. (43)
+    path_sigma = (1 - c.c_sigma) * state.path_sigma + math.sqrt(
+        c.c_sigma * (2 - c.c_sigma) * c.mu_eff
+    ) * whitened_step  # eq. (43)
     norm_ps = float(np.linalg.norm(path_sigma))
-    h_sigma = float(norm_ps / math.sqrt(1 - (1 - c.c_sigma) ** (2 * (state.step + 1)))
-                    < (1.4 + 2 / (n + 1)) * c.chi_n)  # H16 p. 28 (stall the rank-one update)
-    path_cov = ((1 - c.c_c) * state.path_cov
-                + h_sigma * math.sqrt(c.c_c * (2 - c.c_c) * c.mu_eff) * y_w)  # eq. (45)
+    h_sigma = float(
+        norm_ps / math.sqrt(1 - (1 - c.c_sigma) ** (2 * (state.step + 1)))
+        < (1.4 + 2 / (n + 1)) * c.chi_n
+    )  # H16 p. 28 (stall the rank-one update)
+    path_cov = (1 - c.c_c) * state.path_cov + h_sigma * math.sqrt(
+        c.c_c * (2 - c.c_c) * c.mu_eff
+    ) * y_w  # eq. (45)
 
     # Active weights are rescaled by n/‖C^(-1/2) y_i‖² = n/‖z_i‖² (H16 eq. (46)).
     w_circ = np.where(w >= 0, w, w * n / np.maximum((z * z).sum(axis=1), 1e-300))
@@ -290,23 +315,43 @@ def cma_tell(config: CMAConfig, state: CMAState, losses: np.ndarray) -> tuple[CM
         eigen_step = generation
 
     finite = int(np.isfinite(losses).sum())
-    best_loss, best_x = update_best(state.best_loss, state.best_x, losses,
-                                    clip_to_bounds(config, x))
-    new = CMAState(seed=state.seed, step=generation, queries=state.queries + losses.size,
-                   mean=mean, step_size=step_size, cov=cov, basis=basis,
-                   scales=scales, path_sigma=path_sigma, path_cov=path_cov, eigen_step=eigen_step,
-                   previous_mean=state.mean, tpa_score=float(tpa_score),
-                   best_loss=best_loss, best_x=best_x,
-                   nonfinite=state.nonfinite + losses.size - finite)
-    if not (np.all(np.isfinite(new.mean)) and math.isfinite(step_size)
-            and np.all(np.isfinite(scales))):
-        raise NumericalError("CMA-ES state became non-finite",
-                             hint="Lower step_size or check the objective's scale")
-    info = {"stage": "cma", "phase": "sample", "queries": int(losses.size),
-            "total_queries": new.queries, "best_loss": best_loss,
-            "mean_loss": float(losses[np.isfinite(losses)].mean()),
-            "nonfinite": losses.size - finite,
-            "step_size": step_size}
+    best_loss, best_x = update_best(
+        state.best_loss, state.best_x, losses, clip_to_bounds(config, x)
+    )
+    new = CMAState(
+        seed=state.seed,
+        step=generation,
+        queries=state.queries + losses.size,
+        mean=mean,
+        step_size=step_size,
+        cov=cov,
+        basis=basis,
+        scales=scales,
+        path_sigma=path_sigma,
+        path_cov=path_cov,
+        eigen_step=eigen_step,
+        previous_mean=state.mean,
+        tpa_score=float(tpa_score),
+        best_loss=best_loss,
+        best_x=best_x,
+        nonfinite=state.nonfinite + losses.size - finite,
+    )
+    if not (
+        np.all(np.isfinite(new.mean)) and math.isfinite(step_size) and np.all(np.isfinite(scales))
+    ):
+        raise NumericalError(
+            "CMA-ES state became non-finite", hint="Lower step_size or check the objective's scale"
+        )
+    info = {
+        "stage": "cma",
+        "phase": "sample",
+        "queries": int(losses.size),
+        "total_queries": new.queries,
+        "best_loss": best_loss,
+        "mean_loss": float(losses[np.isfinite(losses)].mean()),
+        "nonfinite": losses.size - finite,
+        "step_size": step_size,
+    }
     return freeze(new), info
 
 
@@ -326,6 +371,11 @@ def cma_es(config: CMAConfig, dim: int) -> Optimizer:
         del val_accuracy  # plain CMA-ES has no stage switch
         return cma_tell(config, state, losses)
 
-    return Optimizer(name="cma", config=config, init=init,
-                     ask=lambda state: cma_ask(config, state), tell=tell,
-                     params=lambda state: cma_params(config, state))
+    return Optimizer(
+        name="cma",
+        config=config,
+        init=init,
+        ask=lambda state: cma_ask(config, state),
+        tell=tell,
+        params=lambda state: cma_params(config, state),
+    )

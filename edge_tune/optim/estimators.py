@@ -39,8 +39,9 @@ def rge_points(x: np.ndarray, smoothing: float, directions: np.ndarray) -> np.nd
     return np.concatenate([x + smoothing * directions, x - smoothing * directions])
 
 
-def rge_gradient(losses: np.ndarray, smoothing: float,
-                 directions: np.ndarray) -> tuple[np.ndarray, int]:
+def rge_gradient(
+    losses: np.ndarray, smoothing: float, directions: np.ndarray
+) -> tuple[np.ndarray, int]:
     """ĝ = mean_k [(L+ − L−)/2µ]·v_k over the directions whose pair is finite.
 
     Unbiased for ∇f when E[v vᵀ] = I and f is quadratic (the central difference is then exact).
@@ -55,8 +56,13 @@ def rge_gradient(losses: np.ndarray, smoothing: float,
     return slopes @ directions[ok] / ok.sum(), int(q - ok.sum())
 
 
-def es_gradient(losses: np.ndarray, whitened: np.ndarray, basis: np.ndarray | None,
-                scales: np.ndarray, step_size: float) -> np.ndarray:
+def es_gradient(
+    losses: np.ndarray,
+    whitened: np.ndarray,
+    basis: np.ndarray | None,
+    scales: np.ndarray,
+    step_size: float,
+) -> np.ndarray:
     """Gradient estimate from a CMA population's own evaluations (no extra query).
 
     For x_i = m + σ·B·D·z_i, Gaussian smoothing gives ∇ ≈ mean_i (L_i − L̄)·C⁻¹(x_i − m)/σ
@@ -81,8 +87,9 @@ def z_pruning_scores(x: np.ndarray, grad: np.ndarray) -> np.ndarray:
     return x * x * zscore(grad * grad)
 
 
-def z_pruning_mask(x: np.ndarray, grad: np.ndarray, keep_fraction: float,
-                   keep: str = "high") -> np.ndarray:
+def z_pruning_mask(
+    x: np.ndarray, grad: np.ndarray, keep_fraction: float, keep: str = "high"
+) -> np.ndarray:
     """The coordinates that stay perturbed: the round(keep_fraction·d) highest (or lowest) scores.
 
     `keep="high"` keeps large w²·z(ĝ²) (large weight and large relative gradient); `keep="low"` is

@@ -55,11 +55,21 @@ PAPER_DATASETS: dict[str, tuple[float, float, int, float]] = {
 PAPER_DEFAULT_DATASET = "eurosat"
 
 _PAPER_SHARED = dict(
-    population_size=40, sharpness_radius=0.1, sharpness="cge", switch="fixed",
-    smoothing=1e-3, directions=1, keep_fraction=0.5,
+    population_size=40,
+    sharpness_radius=0.1,
+    sharpness="cge",
+    switch="fixed",
+    smoothing=1e-3,
+    directions=1,
+    keep_fraction=0.5,
     # The paper does not say which end is kept; the released code keeps the lowest scores.
-    mask_keep="low", mask_estimate="cge", mask_smoothing=1e-5, mask_interval=200,
-    total_steps=20_000, patience=10, min_delta=0.01,
+    mask_keep="low",
+    mask_estimate="cge",
+    mask_smoothing=1e-5,
+    mask_interval=200,
+    total_steps=20_000,
+    patience=10,
+    min_delta=0.01,
 )
 
 PRESET_VALUES: dict[str, dict[str, dict[str, Any]]] = {
@@ -67,13 +77,16 @@ PRESET_VALUES: dict[str, dict[str, dict[str, Any]]] = {
         "sharpzo": _PAPER_SHARED,
         "cma": dict(population_size=40),  # "BBT" = BPT-VLM: plain CMA-ES, λ = 40 as in Table 8
         "zo": dict(learning_rate=1e-3, smoothing=1e-3, directions=1),
-        "spsa-clip": dict(a=0.01, c=0.01, stability=1.0, alpha=0.4, gamma=0.1, averages=5,
-                          clip=True),
+        "spsa-clip": dict(
+            a=0.01, c=0.01, stability=1.0, alpha=0.4, gamma=0.1, averages=5, clip=True
+        ),
     },
     "edge": {
         "sharpzo": dict(
             # DEVIATION(paper §7.8): λ = 20 instead of 40, so a generation costs half the queries.
-            population_size=20, step_size=0.4, sharpness_radius=0.05,
+            population_size=20,
+            step_size=0.4,
+            sharpness_radius=0.05,
             # DEVIATION(paper §3.1): ε* from the population's own evaluations, 0 extra queries
             # per generation instead of 2d CGE probes.
             sharpness="population",
@@ -81,61 +94,96 @@ PRESET_VALUES: dict[str, dict[str, dict[str, Any]]] = {
             # at the latest after 150 generations (3,000 queries). Patience 10 evaluations (100
             # generations at fit's eval_every=10): patience 3 switched after 800-1,800 queries and
             # lost 4 points on blur_inverted, where CMA-ES was still climbing (docs/accuracy.md).
-            switch="plateau", change_point=150, patience=10, min_delta=0.01,
+            switch="plateau",
+            change_point=150,
+            patience=10,
+            min_delta=0.01,
             # η = 0.1 (the paper's grid is {1e-1, 1e-3, 1e-5}): with A on the token-embedding
             # scale, 1e-3 barely moves w in a few thousand queries (docs/accuracy.md).
-            learning_rate=0.1, smoothing=1e-3, directions=1,
+            learning_rate=0.1,
+            smoothing=1e-3,
+            directions=1,
             # DEVIATION(paper §4.1): keep the HIGH Z-scores (large weight and large relative
             # gradient carry the most signal per query) and estimate the gradient with 32 RGE
             # directions (64 queries) instead of 2d CGE, refreshed every 500 steps.
-            keep_fraction=0.5, mask_keep="high", mask_estimate="rge", mask_smoothing=1e-3,
-            mask_directions=32, mask_interval=500, total_steps=20_000,
+            keep_fraction=0.5,
+            mask_keep="high",
+            mask_estimate="rge",
+            mask_smoothing=1e-3,
+            mask_directions=32,
+            mask_interval=500,
+            total_steps=20_000,
         ),
         "cma": dict(population_size=20, step_size=0.4),
         # Baselines tuned on the mini-world so that the comparison is fair (docs/accuracy.md,
         # `inverted`, 2,000 queries): dense ZO η 1e-3 → 61.7 %, 1e-2 → 68.1 %, 1e-1 → 75.9 %;
         # SPSA a 0.01 (ZIP's value) → 61.2 %, 0.1 → 65.1 %, 1.0 → 68.6 %.
         "zo": dict(learning_rate=0.1, smoothing=1e-3, directions=1),
-        "spsa-clip": dict(a=1.0, c=0.01, stability=1.0, alpha=0.4, gamma=0.1, averages=5,
-                          clip=True),
+        "spsa-clip": dict(
+            a=1.0, c=0.01, stability=1.0, alpha=0.4, gamma=0.1, averages=5, clip=True
+        ),
     },
 }
 
-def preset_config(name: str, *, preset: str = "edge", seed: int = 0,
-                  dataset: str | None = None, **overrides: Any) -> object:
+
+def preset_config(
+    name: str, *, preset: str = "edge", seed: int = 0, dataset: str | None = None, **overrides: Any
+) -> object:
     """The config record of `name` under `preset`, with `overrides` applied (validated by field)."""
     if name not in STRATEGIES:
-        raise OptimizerError(f"unknown optimizer {name!r}",
-                             hint=f"Choose one of {', '.join(OPTIMIZERS)}")
+        raise OptimizerError(
+            f"unknown optimizer {name!r}", hint=f"Choose one of {', '.join(OPTIMIZERS)}"
+        )
     if preset not in PRESETS:
-        raise OptimizerError(f"unknown preset {preset!r}",
-                             hint=f"Choose one of {', '.join(PRESETS)}")
+        raise OptimizerError(
+            f"unknown preset {preset!r}", hint=f"Choose one of {', '.join(PRESETS)}"
+        )
     values = dict(PRESET_VALUES[preset][name])
     if dataset is not None and preset != "paper":
-        raise OptimizerError(f"dataset={dataset!r} only selects Table 8 values of the paper preset",
-                             hint="Use preset='paper', or drop dataset")
+        raise OptimizerError(
+            f"dataset={dataset!r} only selects Table 8 values of the paper preset",
+            hint="Use preset='paper', or drop dataset",
+        )
     if preset == "paper" and name in ("sharpzo", "cma", "zo"):
         key = (dataset or PAPER_DEFAULT_DATASET).lower().replace("-", "_")
         if key not in PAPER_DATASETS:
-            raise OptimizerError(f"no Table 8 values for dataset {dataset!r}",
-                                 hint=f"Choose one of {', '.join(PAPER_DATASETS)}")
+            raise OptimizerError(
+                f"no Table 8 values for dataset {dataset!r}",
+                hint=f"Choose one of {', '.join(PAPER_DATASETS)}",
+            )
         sigma, mu_cge, change_point, eta = PAPER_DATASETS[key]
-        per_dataset = {"sharpzo": dict(step_size=sigma, sharpness_smoothing=mu_cge,
-                                       change_point=change_point, learning_rate=eta),
-                       "cma": dict(step_size=sigma), "zo": dict(learning_rate=eta)}[name]
+        per_dataset = {
+            "sharpzo": dict(
+                step_size=sigma,
+                sharpness_smoothing=mu_cge,
+                change_point=change_point,
+                learning_rate=eta,
+            ),
+            "cma": dict(step_size=sigma),
+            "zo": dict(learning_rate=eta),
+        }[name]
         values.update(per_dataset)
     fields = {f.name for f in dataclasses.fields(STRATEGIES[name].config)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
-        raise OptimizerError(f"unknown {name} setting(s) {', '.join(unknown)}",
-                             hint=f"Valid settings: {', '.join(sorted(fields))}")
+        raise OptimizerError(
+            f"unknown {name} setting(s) {', '.join(unknown)}",
+            hint=f"Valid settings: {', '.join(sorted(fields))}",
+        )
     values.update(overrides)
     values["seed"] = int(seed)
     return STRATEGIES[name].config(**values)
 
 
-def make_optimizer(name: str, dim: int, *, preset: str = "edge", seed: int = 0,
-                   dataset: str | None = None, **overrides: Any) -> Optimizer:
+def make_optimizer(
+    name: str,
+    dim: int,
+    *,
+    preset: str = "edge",
+    seed: int = 0,
+    dataset: str | None = None,
+    **overrides: Any,
+) -> Optimizer:
     """Build optimiser `name` for a `dim`-dimensional prompt vector from a preset plus overrides."""
     check_dim(dim)
     config = preset_config(name, preset=preset, seed=seed, dataset=dataset, **overrides)
@@ -145,10 +193,13 @@ def make_optimizer(name: str, dim: int, *, preset: str = "edge", seed: int = 0,
 def optimizer_from_config(name: str, dim: int, config: dict) -> Optimizer:
     """Rebuild an optimiser from `dataclasses.asdict(opt.config)` (as a run directory stores it)."""
     if name not in STRATEGIES:
-        raise OptimizerError(f"unknown optimizer {name!r}",
-                             hint=f"Choose one of {', '.join(OPTIMIZERS)}")
+        raise OptimizerError(
+            f"unknown optimizer {name!r}", hint=f"Choose one of {', '.join(OPTIMIZERS)}"
+        )
     fields = {f.name for f in dataclasses.fields(STRATEGIES[name].config)}
     if set(config) != fields:
-        raise OptimizerError(f"{name} config fields do not match this version",
-                             hint="The run was made by another edge-tune version; start a new run")
+        raise OptimizerError(
+            f"{name} config fields do not match this version",
+            hint="The run was made by another edge-tune version; start a new run",
+        )
     return STRATEGIES[name].build(STRATEGIES[name].config(**config), int(dim))

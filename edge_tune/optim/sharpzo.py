@@ -59,8 +59,12 @@ from edge_tune.optim.zo import check_zo, masked_directions, zo_step
 STAGE_WARMUP, STAGE_ZO = 0, 1
 PHASE_PROBE, PHASE_RUN = 0, 1  # warm-up: probe → sample; zo: mask probe → step
 STAGE_NAMES = {STAGE_WARMUP: "sa-cma", STAGE_ZO: "sparse-zo"}
-PHASE_NAMES = {(STAGE_WARMUP, PHASE_PROBE): "sharpness-probe", (STAGE_WARMUP, PHASE_RUN): "sample",
-               (STAGE_ZO, PHASE_PROBE): "mask-probe", (STAGE_ZO, PHASE_RUN): "step"}
+PHASE_NAMES = {
+    (STAGE_WARMUP, PHASE_PROBE): "sharpness-probe",
+    (STAGE_WARMUP, PHASE_RUN): "sample",
+    (STAGE_ZO, PHASE_PROBE): "mask-probe",
+    (STAGE_ZO, PHASE_RUN): "step",
+}
 SHARPNESS_ESTIMATES = ("cge", "rge", "population", "none")
 MASK_ESTIMATES = ("cge", "rge")
 
@@ -99,9 +103,15 @@ class SharpZOConfig:
     seed: int = 0
 
     def cma_config(self) -> CMAConfig:
-        return CMAConfig(population_size=self.population_size, step_size=self.step_size,
-                         active=self.active, diagonal=self.diagonal, lower=self.lower,
-                         upper=self.upper, seed=self.seed)
+        return CMAConfig(
+            population_size=self.population_size,
+            step_size=self.step_size,
+            active=self.active,
+            diagonal=self.diagonal,
+            lower=self.lower,
+            upper=self.upper,
+            seed=self.seed,
+        )
 
 
 class SharpZOState(NamedTuple):
@@ -128,23 +138,35 @@ def check_sharpzo(config: SharpZOConfig, dim: int) -> None:
     """Refuse unknown modes and out-of-range values up front, with the valid choices."""
     check_config(config.cma_config(), dim)
     check_zo(config.learning_rate, config.smoothing, config.directions)
-    for field, value, choices in (("sharpness", config.sharpness, SHARPNESS_ESTIMATES),
-                                  ("mask_estimate", config.mask_estimate, MASK_ESTIMATES),
-                                  ("mask_keep", config.mask_keep, ("high", "low")),
-                                  ("switch", config.switch, ("fixed", "plateau"))):
+    for field, value, choices in (
+        ("sharpness", config.sharpness, SHARPNESS_ESTIMATES),
+        ("mask_estimate", config.mask_estimate, MASK_ESTIMATES),
+        ("mask_keep", config.mask_keep, ("high", "low")),
+        ("switch", config.switch, ("fixed", "plateau")),
+    ):
         if value not in choices:
-            raise OptimizerError(f"unknown {field} {value!r}",
-                                 hint=f"Choose one of {', '.join(choices)}")
+            raise OptimizerError(
+                f"unknown {field} {value!r}", hint=f"Choose one of {', '.join(choices)}"
+            )
     if not 0 < config.keep_fraction <= 1:
-        raise OptimizerError(f"keep_fraction must be in (0, 1], got {config.keep_fraction}",
-                             hint="0.5 is the paper's value; 1.0 disables the mask")
+        raise OptimizerError(
+            f"keep_fraction must be in (0, 1], got {config.keep_fraction}",
+            hint="0.5 is the paper's value; 1.0 disables the mask",
+        )
     if config.change_point < 0 or config.mask_interval < 1 or config.patience < 1:
-        raise OptimizerError("change_point must be >= 0, mask_interval and patience >= 1",
-                             hint="See the paper preset for typical values")
-    if (config.sharpness_radius < 0 or not config.sharpness_smoothing > 0
-            or not config.mask_smoothing > 0):
-        raise OptimizerError("sharpness_radius must be >= 0 and the smoothings > 0",
-                             hint="The paper uses ρ = 0.1, µ_cge = 1e-3 / 1e-5")
+        raise OptimizerError(
+            "change_point must be >= 0, mask_interval and patience >= 1",
+            hint="See the paper preset for typical values",
+        )
+    if (
+        config.sharpness_radius < 0
+        or not config.sharpness_smoothing > 0
+        or not config.mask_smoothing > 0
+    ):
+        raise OptimizerError(
+            "sharpness_radius must be >= 0 and the smoothings > 0",
+            hint="The paper uses ρ = 0.1, µ_cge = 1e-3 / 1e-5",
+        )
 
 
 def sharpzo(config: SharpZOConfig, dim: int) -> Optimizer:
@@ -166,23 +188,42 @@ def sharpzo(config: SharpZOConfig, dim: int) -> Optimizer:
             stage, phase = STAGE_ZO, (PHASE_PROBE if masked else PHASE_RUN)
         else:
             stage, phase = STAGE_WARMUP, warmup_phase_after_generation()
-        return freeze(SharpZOState(
-            seed=int(config.seed), step=0, queries=0, stage=stage, phase=phase, cma=cma,
-            shift=zero, x=clip_to_bounds(cma_cfg, x), mask=np.ones(d, dtype=bool), warmup_steps=0,
-            zo_steps=0, skipped_steps=0, best_val=-math.inf, stale_evals=0, best_loss=math.inf,
-            best_x=x.copy(), nonfinite=0))
+        return freeze(
+            SharpZOState(
+                seed=int(config.seed),
+                step=0,
+                queries=0,
+                stage=stage,
+                phase=phase,
+                cma=cma,
+                shift=zero,
+                x=clip_to_bounds(cma_cfg, x),
+                mask=np.ones(d, dtype=bool),
+                warmup_steps=0,
+                zo_steps=0,
+                skipped_steps=0,
+                best_val=-math.inf,
+                stale_evals=0,
+                best_loss=math.inf,
+                best_x=x.copy(),
+                nonfinite=0,
+            )
+        )
 
     def sharpness_directions(state: SharpZOState) -> np.ndarray:
-        return masked_directions(state.seed, state.warmup_steps, config.sharpness_directions, None,
-                                 d, STREAM_SHARPNESS)
+        return masked_directions(
+            state.seed, state.warmup_steps, config.sharpness_directions, None, d, STREAM_SHARPNESS
+        )
 
     def mask_directions(state: SharpZOState) -> np.ndarray:
-        return masked_directions(state.seed, state.zo_steps, config.mask_directions, None, d,
-                                 STREAM_MASK)
+        return masked_directions(
+            state.seed, state.zo_steps, config.mask_directions, None, d, STREAM_MASK
+        )
 
     def step_directions(state: SharpZOState) -> np.ndarray:
-        return masked_directions(state.seed, state.zo_steps, config.directions, state.mask, d,
-                                 STREAM_RGE)
+        return masked_directions(
+            state.seed, state.zo_steps, config.directions, state.mask, d, STREAM_RGE
+        )
 
     def ask(state: SharpZOState) -> np.ndarray:
         if state.stage == STAGE_WARMUP and state.phase == PHASE_PROBE:
@@ -210,8 +251,10 @@ def sharpzo(config: SharpZOConfig, dim: int) -> Optimizer:
             return state.best_val, state.stale_evals
         val = float(val_accuracy)
         if not math.isfinite(val):
-            raise OptimizerError(f"val_accuracy must be finite, got {val_accuracy!r}",
-                                 hint="Pass the validation accuracy as a fraction in [0, 1]")
+            raise OptimizerError(
+                f"val_accuracy must be finite, got {val_accuracy!r}",
+                hint="Pass the validation accuracy as a fraction in [0, 1]",
+            )
         stale = 0 if val > state.best_val + config.min_delta else state.stale_evals + 1
         return max(state.best_val, val), stale
 
@@ -221,16 +264,23 @@ def sharpzo(config: SharpZOConfig, dim: int) -> Optimizer:
         best_val, stale = track_validation(state, val_accuracy)
         best_loss, best_x = update_best(state.best_loss, state.best_x, losses, rows)
         bad = int((~np.isfinite(losses)).sum())
-        fields = dict(step=state.step + 1, queries=state.queries + rows.shape[0], best_val=best_val,
-                      stale_evals=stale, best_loss=best_loss, best_x=best_x,
-                      nonfinite=state.nonfinite + bad)
+        fields = dict(
+            step=state.step + 1,
+            queries=state.queries + rows.shape[0],
+            best_val=best_val,
+            stale_evals=stale,
+            best_loss=best_loss,
+            best_x=best_x,
+            nonfinite=state.nonfinite + bad,
+        )
         extra: dict = {}
         if state.stage == STAGE_WARMUP and state.phase == PHASE_PROBE:
             if config.sharpness == "cge":
                 grad, _ = cge_gradient(losses, config.sharpness_smoothing)
             else:
-                grad, _ = rge_gradient(losses, config.sharpness_smoothing,
-                                       sharpness_directions(state))
+                grad, _ = rge_gradient(
+                    losses, config.sharpness_smoothing, sharpness_directions(state)
+                )
             fields.update(shift=shift_from(grad), phase=PHASE_RUN)
         elif state.stage == STAGE_WARMUP:
             cma, cma_info = cma_tell(cma_cfg, state.cma, losses)  # told the UNshifted x_i
@@ -240,14 +290,21 @@ def sharpzo(config: SharpZOConfig, dim: int) -> Optimizer:
                 # DEVIATION(paper §3.1): ĝ comes from this generation's own λ evaluations (taken
                 # at x_i + ε*, one generation old by the time it is used) instead of 2d CGE probes.
                 z, _, _ = cma_sample(cma_cfg, state.cma)
-                grad = es_gradient(losses, z, None if cma_cfg.diagonal else state.cma.basis,
-                                   state.cma.scales, state.cma.step_size)
+                grad = es_gradient(
+                    losses,
+                    z,
+                    None if cma_cfg.diagonal else state.cma.basis,
+                    state.cma.scales,
+                    state.cma.step_size,
+                )
                 shift = shift_from(grad)
             warmup_steps = state.warmup_steps + 1
             switch = warmup_steps >= config.change_point or (
-                config.switch == "plateau" and stale >= config.patience)
-            fields.update(cma=cma, shift=shift, warmup_steps=warmup_steps,
-                          x=clip_to_bounds(cma_cfg, cma.mean))
+                config.switch == "plateau" and stale >= config.patience
+            )
+            fields.update(
+                cma=cma, shift=shift, warmup_steps=warmup_steps, x=clip_to_bounds(cma_cfg, cma.mean)
+            )
             # Stage 2 starts from the CMA mean (paper Alg. 1; the released code used a sample mean).
             if switch:
                 fields.update(stage=STAGE_ZO, phase=PHASE_PROBE if masked else PHASE_RUN)
@@ -264,23 +321,37 @@ def sharpzo(config: SharpZOConfig, dim: int) -> Optimizer:
             mask = z_pruning_mask(state.x, grad, config.keep_fraction, config.mask_keep)
             fields.update(mask=mask, phase=PHASE_RUN)
         else:
-            x, _, skipped = zo_step(state.x, losses, config.smoothing, config.learning_rate,
-                                    step_directions(state))
+            x, _, skipped = zo_step(
+                state.x, losses, config.smoothing, config.learning_rate, step_directions(state)
+            )
             zo_steps = state.zo_steps + 1
             refresh = masked and zo_steps % config.mask_interval == 0
-            fields.update(x=x, zo_steps=zo_steps, skipped_steps=state.skipped_steps + int(skipped),
-                          phase=PHASE_PROBE if refresh else PHASE_RUN)
+            fields.update(
+                x=x,
+                zo_steps=zo_steps,
+                skipped_steps=state.skipped_steps + int(skipped),
+                phase=PHASE_PROBE if refresh else PHASE_RUN,
+            )
             extra["skipped"] = bool(skipped)
         new = state._replace(**fields)
         if not np.all(np.isfinite(new.x)):
-                raise NumericalError("the SharpZO iterate became non-finite",
-                                 hint="Lower learning_rate or check the objective's scale")
+            raise NumericalError(
+                "the SharpZO iterate became non-finite",
+                hint="Lower learning_rate or check the objective's scale",
+            )
         finite = losses[np.isfinite(losses)]
-        info = {"stage": STAGE_NAMES[state.stage], "phase": PHASE_NAMES[(state.stage, state.phase)],
-                "queries": int(rows.shape[0]), "total_queries": new.queries, "best_loss": best_loss,
-                "mean_loss": float(finite.mean()) if finite.size else math.nan, "nonfinite": bad,
-                "switched": False,
-                "done": new.warmup_steps + new.zo_steps >= config.total_steps, **extra}
+        info = {
+            "stage": STAGE_NAMES[state.stage],
+            "phase": PHASE_NAMES[(state.stage, state.phase)],
+            "queries": int(rows.shape[0]),
+            "total_queries": new.queries,
+            "best_loss": best_loss,
+            "mean_loss": float(finite.mean()) if finite.size else math.nan,
+            "nonfinite": bad,
+            "switched": False,
+            "done": new.warmup_steps + new.zo_steps >= config.total_steps,
+            **extra,
+        }
         return freeze(new), info
 
     def params(state: SharpZOState) -> np.ndarray:
@@ -299,4 +370,3 @@ def rows_per_tell(state: SharpZOState, config: SharpZOConfig, dim: int) -> int:
     if state.phase == PHASE_PROBE:
         return 2 * dim if config.mask_estimate == "cge" else 2 * config.mask_directions
     return 2 * config.directions
-

@@ -63,8 +63,10 @@ def spsa_clip(config: SPSAConfig, dim: int) -> Optimizer:
     """SPSA-clip as an `Optimizer`."""
     d = check_dim(dim)
     if config.averages < 1 or not config.a > 0 or not config.c > 0:
-        raise OptimizerError("SPSA needs averages >= 1, a > 0 and c > 0",
-                             hint="Use ZIP's values: a = c = 0.01, averages = 5")
+        raise OptimizerError(
+            "SPSA needs averages >= 1, a > 0 and c > 0",
+            hint="Use ZIP's values: a = c = 0.01, averages = 5",
+        )
     n = int(config.averages)
 
     def schedule(step: int) -> tuple[float, float]:
@@ -73,8 +75,18 @@ def spsa_clip(config: SPSAConfig, dim: int) -> Optimizer:
 
     def init(x0: np.ndarray) -> SPSAState:
         x = check_x0(x0, d)
-        return freeze(SPSAState(seed=int(config.seed), step=0, queries=0, x=x, skipped_steps=0,
-                                best_loss=math.inf, best_x=x.copy(), nonfinite=0))
+        return freeze(
+            SPSAState(
+                seed=int(config.seed),
+                step=0,
+                queries=0,
+                x=x,
+                skipped_steps=0,
+                best_loss=math.inf,
+                best_x=x.copy(),
+                nonfinite=0,
+            )
+        )
 
     def ask(state: SPSAState) -> np.ndarray:
         _, c_k = schedule(state.step)
@@ -98,15 +110,29 @@ def spsa_clip(config: SPSAConfig, dim: int) -> Optimizer:
             x = x - a_k * grad
         best_loss, best_x = update_best(state.best_loss, state.best_x, losses, ask(state))
         bad = int((~np.isfinite(losses)).sum())
-        new = SPSAState(seed=state.seed, step=state.step + 1, queries=state.queries + 2 * n, x=x,
-                        skipped_steps=state.skipped_steps + int(skipped), best_loss=best_loss,
-                        best_x=best_x, nonfinite=state.nonfinite + bad)
+        new = SPSAState(
+            seed=state.seed,
+            step=state.step + 1,
+            queries=state.queries + 2 * n,
+            x=x,
+            skipped_steps=state.skipped_steps + int(skipped),
+            best_loss=best_loss,
+            best_x=best_x,
+            nonfinite=state.nonfinite + bad,
+        )
         finite = losses[np.isfinite(losses)]
-        info = {"stage": "spsa-clip", "phase": "step", "queries": 2 * n,
-                "total_queries": new.queries, "best_loss": best_loss,
-                "mean_loss": float(finite.mean()) if finite.size else math.nan, "nonfinite": bad,
-                "skipped": skipped}
+        info = {
+            "stage": "spsa-clip",
+            "phase": "step",
+            "queries": 2 * n,
+            "total_queries": new.queries,
+            "best_loss": best_loss,
+            "mean_loss": float(finite.mean()) if finite.size else math.nan,
+            "nonfinite": bad,
+            "skipped": skipped,
+        }
         return freeze(new), info
 
-    return Optimizer(name="spsa-clip", config=config, init=init, ask=ask, tell=tell,
-                     params=lambda state: state.x)
+    return Optimizer(
+        name="spsa-clip", config=config, init=init, ask=ask, tell=tell, params=lambda state: state.x
+    )

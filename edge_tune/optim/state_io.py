@@ -59,16 +59,24 @@ def save_state(path: str | Path, state: State) -> None:
     arrays: dict[str, np.ndarray] = {}
     schema: dict[str, str] = {}
     _flatten(state, "", arrays, schema)
-    meta = {"format": STATE_FORMAT, "version": STATE_VERSION, "strategy": STRATEGY_OF[schema[""]],
-            "numpy": np.__version__, "schema": schema}
+    meta = {
+        "format": STATE_FORMAT,
+        "version": STATE_VERSION,
+        "strategy": STRATEGY_OF[schema[""]],
+        "numpy": np.__version__,
+        "schema": schema,
+    }
     arrays[_META] = np.array(json.dumps(meta, sort_keys=True))
     atomic_save_npz(path, arrays)
 
 
 def _fail(path: Path, what: str) -> CheckpointError:
-    return CheckpointError(what, path=path,
-                           hint="It was not written by this edge-tune version's optimiser; "
-                                "start a new run or use the version that wrote it")
+    return CheckpointError(
+        what,
+        path=path,
+        hint="It was not written by this edge-tune version's optimiser; "
+        "start a new run or use the version that wrote it",
+    )
 
 
 def _rebuild(kind: str, prefix: str, files: Any, schema: dict, path: Path) -> Any:
@@ -110,8 +118,11 @@ def load_state(path: str | Path, *, strategy: str | None = None) -> State:
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError("optimizer state file not found", path=path,
-                              hint="Check the run directory, or start without --resume")
+        raise CheckpointError(
+            "optimizer state file not found",
+            path=path,
+            hint="Check the run directory, or start without --resume",
+        )
     try:
         with np.load(path, allow_pickle=False) as files:
             if _META not in files.files:
@@ -120,12 +131,18 @@ def load_state(path: str | Path, *, strategy: str | None = None) -> State:
             if meta.get("format") != STATE_FORMAT:
                 raise _fail(path, "not an edge-tune optimizer state")
             if meta.get("version") != STATE_VERSION:
-                raise _fail(path, f"optimizer state version {meta.get('version')} "
-                                  f"(this edge-tune reads version {STATE_VERSION})")
+                raise _fail(
+                    path,
+                    f"optimizer state version {meta.get('version')} "
+                    f"(this edge-tune reads version {STATE_VERSION})",
+                )
             if strategy is not None and meta.get("strategy") != strategy:
                 other = meta.get("strategy")
-                raise CheckpointError(f"state is for optimizer {other!r}, not {strategy!r}",
-                                      path=path, hint=f"Resume with --optimizer {other}")
+                raise CheckpointError(
+                    f"state is for optimizer {other!r}, not {strategy!r}",
+                    path=path,
+                    hint=f"Resume with --optimizer {other}",
+                )
             schema = meta.get("schema", {})
             if schema.get("") not in RECORDS:
                 raise _fail(path, "state file names an unknown strategy record")
@@ -133,12 +150,16 @@ def load_state(path: str | Path, *, strategy: str | None = None) -> State:
     except CheckpointError:
         raise
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as err:
-        raise CheckpointError(f"optimizer state is unreadable ({type(err).__name__})", path=path,
-                              hint="The file is corrupt or truncated; "
-                                   "resume from an earlier checkpoint") from None
+        raise CheckpointError(
+            f"optimizer state is unreadable ({type(err).__name__})",
+            path=path,
+            hint="The file is corrupt or truncated; resume from an earlier checkpoint",
+        ) from None
     if meta.get("numpy") != np.__version__:
-        warnings.warn(f"{path}: state written with numpy {meta.get('numpy')}, "
-                      f"running {np.__version__}; "
-                      "random streams may differ, so the continued run may not be bit-identical",
-                      stacklevel=2)
+        warnings.warn(
+            f"{path}: state written with numpy {meta.get('numpy')}, "
+            f"running {np.__version__}; "
+            "random streams may differ, so the continued run may not be bit-identical",
+            stacklevel=2,
+        )
     return freeze(state)

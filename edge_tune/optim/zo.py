@@ -52,22 +52,30 @@ def check_zo(learning_rate: float, smoothing: float, directions: int) -> None:
     if not smoothing > 0:
         raise OptimizerError(f"smoothing must be > 0, got {smoothing}", hint="Use e.g. 1e-3")
     if not learning_rate > 0:
-        raise OptimizerError(f"learning_rate must be > 0, got {learning_rate}",
-                             hint="Use e.g. 1e-3")
+        raise OptimizerError(
+            f"learning_rate must be > 0, got {learning_rate}", hint="Use e.g. 1e-3"
+        )
     if int(directions) < 1:
-        raise OptimizerError(f"directions must be >= 1, got {directions}",
-                             hint="Use 1, the paper's setting")
+        raise OptimizerError(
+            f"directions must be >= 1, got {directions}", hint="Use 1, the paper's setting"
+        )
 
 
-def masked_directions(seed: int, step: int, count: int, mask: np.ndarray | None,
-                      dim: int, stream: int = STREAM_RGE) -> np.ndarray:
+def masked_directions(
+    seed: int, step: int, count: int, mask: np.ndarray | None, dim: int, stream: int = STREAM_RGE
+) -> np.ndarray:
     """The step's q directions from counters, then masked (the stream never depends on the mask)."""
     u = gaussian_directions(rng(seed, stream, step), count, dim)
     return u if mask is None else u * mask
 
 
-def zo_step(x: np.ndarray, losses: np.ndarray, smoothing: float, learning_rate: float,
-            directions: np.ndarray) -> tuple[np.ndarray, int, bool]:
+def zo_step(
+    x: np.ndarray,
+    losses: np.ndarray,
+    smoothing: float,
+    learning_rate: float,
+    directions: np.ndarray,
+) -> tuple[np.ndarray, int, bool]:
     """One SGD step from the 2q losses: (new x, skipped pairs, whether the step was skipped)."""
     grad, skipped = rge_gradient(losses, smoothing, directions)
     if skipped == directions.shape[0]:
@@ -83,8 +91,18 @@ def zo_sgd(config: ZOConfig, dim: int) -> Optimizer:
 
     def init(x0: np.ndarray) -> ZOState:
         x = check_x0(x0, d)
-        return freeze(ZOState(seed=int(config.seed), step=0, queries=0, x=x, skipped_steps=0,
-                              best_loss=math.inf, best_x=x.copy(), nonfinite=0))
+        return freeze(
+            ZOState(
+                seed=int(config.seed),
+                step=0,
+                queries=0,
+                x=x,
+                skipped_steps=0,
+                best_loss=math.inf,
+                best_x=x.copy(),
+                nonfinite=0,
+            )
+        )
 
     def ask(state: ZOState) -> np.ndarray:
         u = masked_directions(state.seed, state.step, q, None, d)
@@ -98,15 +116,29 @@ def zo_sgd(config: ZOConfig, dim: int) -> Optimizer:
         x, _, skipped = zo_step(state.x, losses, config.smoothing, config.learning_rate, u)
         best_loss, best_x = update_best(state.best_loss, state.best_x, losses, rows)
         bad = int((~np.isfinite(losses)).sum())
-        new = ZOState(seed=state.seed, step=state.step + 1, queries=state.queries + 2 * q, x=x,
-                      skipped_steps=state.skipped_steps + int(skipped), best_loss=best_loss,
-                      best_x=best_x, nonfinite=state.nonfinite + bad)
+        new = ZOState(
+            seed=state.seed,
+            step=state.step + 1,
+            queries=state.queries + 2 * q,
+            x=x,
+            skipped_steps=state.skipped_steps + int(skipped),
+            best_loss=best_loss,
+            best_x=best_x,
+            nonfinite=state.nonfinite + bad,
+        )
         finite = losses[np.isfinite(losses)]
-        info = {"stage": "zo", "phase": "step", "queries": 2 * q, "total_queries": new.queries,
-                "best_loss": best_loss,
-                "mean_loss": float(finite.mean()) if finite.size else math.nan,
-                "nonfinite": bad, "skipped": bool(skipped)}
+        info = {
+            "stage": "zo",
+            "phase": "step",
+            "queries": 2 * q,
+            "total_queries": new.queries,
+            "best_loss": best_loss,
+            "mean_loss": float(finite.mean()) if finite.size else math.nan,
+            "nonfinite": bad,
+            "skipped": bool(skipped),
+        }
         return freeze(new), info
 
-    return Optimizer(name="zo", config=config, init=init, ask=ask, tell=tell,
-                     params=lambda state: state.x)
+    return Optimizer(
+        name="zo", config=config, init=init, ask=ask, tell=tell, params=lambda state: state.x
+    )

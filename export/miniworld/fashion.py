@@ -17,8 +17,16 @@ INSTALL_HINT = (
 )
 # Official names, in label order; lowercased by the CLIP tokenizer.
 CLASSNAMES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 # Folder-safe names for `shots/<class>/` (the real names go into classnames.json).
 FOLDER_NAMES = tuple(n.lower().replace("/", "_").replace(" ", "_") for n in CLASSNAMES)
@@ -47,16 +55,22 @@ def read_idx(path: str | Path) -> np.ndarray:
     with opener(path, "rb") as f:
         raw = f.read()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise DataError("not an idx file (bad magic number)", path=path,
-                        hint="Reinstall dataset-fashion-mnist or replace the file")
+        raise DataError(
+            "not an idx file (bad magic number)",
+            path=path,
+            hint="Reinstall dataset-fashion-mnist or replace the file",
+        )
     ndim = raw[3]
     dims = tuple(int(d) for d in np.frombuffer(raw, ">i4", count=ndim, offset=4))
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     start = 4 + 4 * ndim
     expected = int(np.prod(dims)) * dtype.itemsize
     if len(raw) - start != expected:
-        raise DataError(f"idx payload is {len(raw) - start} bytes, header says {expected}", path=path,
-                        hint="The file is truncated or corrupt; reinstall dataset-fashion-mnist")
+        raise DataError(
+            f"idx payload is {len(raw) - start} bytes, header says {expected}",
+            path=path,
+            hint="The file is truncated or corrupt; reinstall dataset-fashion-mnist",
+        )
     return np.frombuffer(raw, dtype, offset=start).reshape(dims).astype(dtype.newbyteorder("="))
 
 
@@ -69,6 +83,9 @@ def load_split(split: str, data_dir: str | Path | None = None) -> tuple[np.ndarr
     images = read_idx(root / f"{prefix}-images-idx3-ubyte.gz")
     labels = read_idx(root / f"{prefix}-labels-idx1-ubyte.gz").astype(np.int64)
     if images.shape[0] != labels.shape[0]:
-        raise DataError(f"{images.shape[0]} images but {labels.shape[0]} labels", path=root,
-                        hint="Reinstall dataset-fashion-mnist")
+        raise DataError(
+            f"{images.shape[0]} images but {labels.shape[0]} labels",
+            path=root,
+            hint="Reinstall dataset-fashion-mnist",
+        )
     return images, labels

@@ -14,9 +14,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -78,7 +78,9 @@ class TaskSplit:
     eval: np.ndarray
 
 
-def split_indices(labels: np.ndarray, shots: int, eval_per_class: int | None, seed: int) -> TaskSplit:
+def split_indices(
+    labels: np.ndarray, shots: int, eval_per_class: int | None, seed: int
+) -> TaskSplit:
     """Seeded per-class choice of `shots` training and `eval_per_class` (None: all the rest) eval images."""
     rng = np.random.default_rng(seed)
     shot_idx, eval_idx = [], []
@@ -101,13 +103,23 @@ def _write_folder(root: Path, images: np.ndarray, labels: np.ndarray, ids: np.nd
     for name in FOLDER_NAMES:
         (root / name).mkdir(parents=True, exist_ok=True)
     for img, lab, i in zip(images, labels, ids):
-        Image.fromarray(img, mode="L").save(root / FOLDER_NAMES[lab] / f"{i:05d}.png", optimize=True)
+        Image.fromarray(img, mode="L").save(
+            root / FOLDER_NAMES[lab] / f"{i:05d}.png", optimize=True
+        )
     names = dict(zip(FOLDER_NAMES, CLASSNAMES))
     (root / "classnames.json").write_text(json.dumps(names, indent=1) + "\n", encoding="utf-8")
 
 
-def write_task(out: Path, shift: str, *, shots: int = 16, eval_per_class: int | None = None,
-               seed: int = 0, images: np.ndarray | None = None, labels: np.ndarray | None = None) -> Path:
+def write_task(
+    out: Path,
+    shift: str,
+    *,
+    shots: int = 16,
+    eval_per_class: int | None = None,
+    seed: int = 0,
+    images: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+) -> Path:
     """Write `out/shots/<class>/*.png`, `out/eval/<class>/*.png`, `out/task.json`; atomic (temp dir + rename)."""
     if images is None or labels is None:
         images, labels = load_split("test")
@@ -115,15 +127,20 @@ def write_task(out: Path, shift: str, *, shots: int = 16, eval_per_class: int | 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    tmp.chmod(0o755)                          # mkdtemp makes it private; the task is ordinary data
+    tmp.chmod(0o755)  # mkdtemp makes it private; the task is ordinary data
     try:
         for part, idx in (("shots", split.shots), ("eval", split.eval)):
             # Each part gets its own noise stream so shots and eval never share a draw.
             sub_seed = seed * 1000 + (1 if part == "shots" else 2)
             _write_folder(tmp / part, shifted(images[idx], shift, sub_seed), labels[idx], idx)
-        meta = {"shift": shift, "seed": seed, "shots_per_class": shots,
-                "eval_images": int(len(split.eval)), "source": "Fashion-MNIST test split (t10k)",
-                "classnames": list(CLASSNAMES)}
+        meta = {
+            "shift": shift,
+            "seed": seed,
+            "shots_per_class": shots,
+            "eval_images": int(len(split.eval)),
+            "source": "Fashion-MNIST test split (t10k)",
+            "classnames": list(CLASSNAMES),
+        }
         (tmp / "task.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
@@ -137,11 +154,19 @@ def write_task(out: Path, shift: str, *, shots: int = 16, eval_per_class: int | 
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, required=True, help="parent folder (one sub-folder per task)")
-    p.add_argument("--only", nargs="*", choices=sorted(SHIFTS), help="shifts to write (default: all)")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--out", type=Path, required=True, help="parent folder (one sub-folder per task)"
+    )
+    p.add_argument(
+        "--only", nargs="*", choices=sorted(SHIFTS), help="shifts to write (default: all)"
+    )
     p.add_argument("--shots", type=int, default=16)
-    p.add_argument("--eval-per-class", type=int, default=None, help="default: the rest of the test split")
+    p.add_argument(
+        "--eval-per-class", type=int, default=None, help="default: the rest of the test split"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--flat", action="store_true", help="write a single task directly into --out")
     a = p.parse_args(argv)
@@ -151,8 +176,15 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--flat needs exactly one shift in --only")
     for name in names:
         dest = a.out if a.flat else a.out / name
-        write_task(dest, name, shots=a.shots, eval_per_class=a.eval_per_class, seed=a.seed,
-                   images=images, labels=labels)
+        write_task(
+            dest,
+            name,
+            shots=a.shots,
+            eval_per_class=a.eval_per_class,
+            seed=a.seed,
+            images=images,
+            labels=labels,
+        )
         print(f"{name}: {dest}")
 
 
