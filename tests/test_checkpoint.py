@@ -151,3 +151,14 @@ def test_missing_and_altered_checkpoints_are_one_line_errors(tmp_path):
         f"{tmp_path / STATE_DIR / LATEST}: the checkpoint pointer names no "
         "checkpoint. The run directory was altered; start a new run with --out"
     )
+
+
+def test_full_disk_before_the_first_checkpoint_says_run_the_command_again(tmp_path):
+    with _file_size_limit(20_000), pytest.raises(CheckpointError) as err:
+        write_checkpoint(tmp_path, step=0, record={}, arrays={"x": np.zeros(100_000)},
+                         optimizer_states=[])  # fmt: skip
+    assert str(err.value) == (
+        f"{tmp_path / STATE_DIR}: cannot write a checkpoint (File too large); the run has no "
+        "checkpoint yet. Free disk space, then run the same command again"
+    )
+    assert checkpoint_dir(tmp_path) is None

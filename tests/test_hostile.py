@@ -250,6 +250,37 @@ MANIFEST_CASES = [
         f"{{b}}/manifest.json: invalid format_version '1'. {REEXPORT}",
     ),
     ("dims-not-object", setting("dims", [128]), f"{M} lacks a valid 'dims' entry. {REEXPORT}"),
+    (
+        "pad-outside-vocab",
+        setting("tokens.pad_id", 49408),
+        f"{M} tokens.pad_id 49408 is outside 0..49407. {REEXPORT}",
+    ),
+    (
+        "file-bytes-negative",
+        lambda m: m["files"]["text.onnx"].update(bytes=-5),
+        f"{M} files['text.onnx'].bytes -5 is outside 0..1125899906842624. {REEXPORT}",
+    ),
+    (
+        "graph-not-object",
+        setting("graphs.text_shared", "text_shared.onnx"),
+        f"{M} graphs.text_shared is not an object. {REEXPORT}",
+    ),
+    (
+        "vocab-bool",
+        setting("dims.vocab_size", True),
+        f"{M} dims.vocab_size True is not an integer. {REEXPORT}",
+    ),
+    (
+        "context-one",
+        setting("dims.context_length", 1),
+        f"{M} dims.context_length 1 is outside 2..4096. {REEXPORT}",
+    ),
+    (
+        "wrong-format",
+        setting("format", "onnx-bundle"),
+        "{b}/manifest.json: not an edge-tune bundle manifest (format is not 'edge-tune-bundle'). "
+        f"{NOT_A_BUNDLE}",
+    ),
 ]
 
 
@@ -603,3 +634,143 @@ def test_predict_with_nothing_readable_is_one_line(fitted, tmp_path):
         "Error: no images to classify among the given paths. Pass image files (jpg, png, webp, bmp) "
         "or folders holding them"
     )
+
+
+def test_a_manifest_that_is_not_utf8_is_one_line(bundle_copy):
+    (bundle_copy / "manifest.json").write_bytes(b"\xff\xfe{}")
+    done = edge_tune("info", bundle_copy)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(
+        f"Error: {bundle_copy}/manifest.json: manifest.json is not valid JSON ("
+    )
+
+
+def test_a_manifest_that_is_a_list_is_one_line(bundle_copy):
+    (bundle_copy / "manifest.json").write_text("[1, 2]")
+    assert_one_line_error(
+        edge_tune("info", bundle_copy),
+        f"{bundle_copy}/manifest.json: not an edge-tune bundle manifest (format is "
+        f"not 'edge-tune-bundle'). {NOT_A_BUNDLE}",
+    )
+
+
+# --- run directories: nothing of the user's is touched ----------------------------------------
+
+
+def fit_args(tiny_bundle, shots, out, *extra):
+    return ("fit", "--data", shots, "--bundle", tiny_bundle, "--budget-queries", 40, "--folds", 2,
+            "--head", "ncm", "--threads", 1, "--out", out, *extra)  # fmt: skip
+
+
+def cache_env(tmp_path):
+    return {"EDGE_TUNE_CACHE": str(tmp_path / "cache")}
+
+
+def test_out_that_is_a_file_fails_before_encoding(tiny_bundle, shots, tmp_path):
+    out = tmp_path / "result.txt"
+    out.write_text("mine")
+    done = edge_tune(*fit_args(tiny_bundle, shots, out), env=cache_env(tmp_path))
+    assert_one_line_error(done, f"{out}: is a file, not a run directory. Choose another --out (a "
+                                "folder that does not exist yet)")  # fmt: skip
+    assert out.read_text() == "mine" and not (tmp_path / "cache").exists()
+
+
+def test_out_inside_the_data_is_refused(tiny_bundle, shots, tmp_path):
+    before = tree_digest(shots)
+    done = edge_tune(*fit_args(tiny_bundle, shots, shots / "run"), env=cache_env(tmp_path))
+    assert_one_line_error(done, f"{shots / 'run'}: the run directory is inside the data folder. "
+                                f"Choose an --out outside {shots}")  # fmt: skip
+    assert tree_digest(shots) == before and not (shots / "run").exists()
+
+
+def test_a_folder_with_the_users_metrics_is_left_alone(tiny_bundle, shots, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"my": "numbers"}\n')
+    before = tree_digest(out)
+    done = edge_tune(*fit_args(tiny_bundle, shots, out), env=cache_env(tmp_path))
+    assert_one_line_error(done, f"{out}: the folder is not empty and is not an edge-tune run; "
+                                "nothing in it was changed. Choose another --out (a folder that "
+                                "does not exist yet)")  # fmt: skip
+    assert tree_digest(out) == before
+
+
+def test_out_that_cannot_be_created_fails_before_encoding(tiny_bundle, shots, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    done = edge_tune(*fit_args(tiny_bundle, shots, blocker / "run"), env=cache_env(tmp_path))
+    assert_one_line_error(done, f"{blocker / 'run'}: cannot create the run directory (Not a "
+                                "directory). Choose an --out where you can write")  # fmt: skip
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_run_in_use_is_refused_with_the_process_id(tiny_bundle, shots, tmp_path):
+    out = tmp_path / "run"
+    first = edge_tune(*fit_args(tiny_bundle, shots, out), env=cache_env(tmp_path))
+    assert first.returncode == 0, first.stderr
+    hold = ("import time; from pathlib import Path; from edge_tune.rundir import RunLock; "
+            f"lock = RunLock(Path({str(out)!r})); print('held', flush=True); time.sleep(60)")  # fmt: skip
+    holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True,
+                              cwd=REPO)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        done = edge_tune("fit", "--resume", out, "--budget-queries", 80, env=cache_env(tmp_path))
+        assert_one_line_error(done, f"{out}: the run is in use by process {holder.pid}. Wait for "
+                                    "that fit to end (Ctrl-C there saves a checkpoint), or use "
+                                    "another --out")  # fmt: skip
+    finally:
+        holder.kill()
+        holder.wait()
+    again = edge_tune("fit", "--resume", out, "--budget-queries", 80, env=cache_env(tmp_path))
+    assert again.returncode == 0, again.stderr  # free again once the holder is gone
+
+
+def test_a_fit_that_fails_before_its_first_step_blocks_nothing(tiny_bundle, shots, tmp_path):
+    out = tmp_path / "run"
+    args = fit_args(tiny_bundle, shots, out)
+    done = edge_tune(*args, "--budget-queries", 3, env=cache_env(tmp_path))
+    assert done.returncode == 1 and "is smaller than one step" in done.stderr
+    again = edge_tune(*args, env=cache_env(tmp_path))
+    assert again.returncode == 0, again.stderr
+    assert (out / "classifier.npz").is_file()
+
+
+def test_a_hand_edited_checkpoint_is_detected(tiny_bundle, shots, tmp_path):
+    from edge_tune.checkpoint import checkpoint_dir
+
+    out = tmp_path / "run"
+    assert edge_tune(*fit_args(tiny_bundle, shots, out), env=cache_env(tmp_path)).returncode == 0
+    record_path = checkpoint_dir(out) / "tuner.json"
+    record = json.loads(record_path.read_text())
+    record["run_state"]["queries"] = 0
+    record_path.write_text(json.dumps(record))
+    done = edge_tune("fit", "--resume", out, "--budget-queries", 80, env=cache_env(tmp_path))
+    assert_one_line_error(done, f"{record_path}: the checkpoint does not match its checksum "
+                                "(edited or corrupted). Resume an unaltered run, or start a new "
+                                "run with --out")  # fmt: skip
+
+
+def test_a_short_metrics_log_is_repaired_to_whole_lines(tiny_bundle, shots, tmp_path):
+    out = tmp_path / "run"
+    assert edge_tune(*fit_args(tiny_bundle, shots, out), env=cache_env(tmp_path)).returncode == 0
+    log = out / "metrics.jsonl"
+    data = log.read_bytes()
+    log.write_bytes(data[: len(data) - 7])  # a lost write: shorter than the checkpoint recorded
+    done = edge_tune("fit", "--resume", out, "--budget-queries", 80, env=cache_env(tmp_path))
+    assert done.returncode == 0, done.stderr
+    text = log.read_bytes()
+    assert b"\x00" not in text and text.endswith(b"\n")
+    assert all(json.loads(line) for line in text.decode().splitlines())
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664)])
+def test_run_artifacts_honour_the_umask(tiny_bundle, shots, tmp_path, umask, mode):
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "edge_tune", *map(str, fit_args(tiny_bundle, shots, out))],
+        capture_output=True, text=True, timeout=LIMIT_S, cwd=REPO,
+        env={**os.environ, **cache_env(tmp_path)}, preexec_fn=lambda: os.umask(umask),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for name in ("classifier.npz", "prompt.npz", "result.json"):
+        assert (out / name).stat().st_mode & 0o777 == mode, name
