@@ -46,21 +46,21 @@ def tiny_bundle(tmp_path_factory) -> Path:
     return out
 
 
+def cli_subprocess(
+    *args, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """`python -m edge_tune ARGS` in a fresh process (text, captured), under a time limit."""
+    return subprocess.run(
+        [sys.executable, "-m", "edge_tune", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+    )
+
+
 @pytest.fixture
 def run_cli():
-    """run_cli("info", BUNDLE, "--json") -> CompletedProcess of `python -m edge_tune ...` (text, captured)."""
-
-    def run(
-        *args, env: dict[str, str] | None = None, timeout: float = 600
-    ) -> subprocess.CompletedProcess:
-        full_env = {**os.environ, **(env or {})}
-        return subprocess.run(
-            [sys.executable, "-m", "edge_tune", *map(str, args)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=REPO,
-            env=full_env,
-        )
-
-    return run
+    """run_cli("info", BUNDLE, "--json") -> CompletedProcess of `python -m edge_tune ...`."""
+    return cli_subprocess

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import cli_subprocess
 
 REPO = Path(__file__).resolve().parent.parent
 REEXPORT = "Re-export it with `edge-tune export MODEL --out DIR`"
@@ -26,19 +27,9 @@ NOT_A_BUNDLE = "Pass a directory made by `edge-tune export MODEL --out DIR`"
 LIMIT_S = 60
 
 
-def edge_tune(
-    *args, cwd: Path | None = None, env: dict | None = None
-) -> subprocess.CompletedProcess:
+def edge_tune(*args, env: dict | None = None) -> subprocess.CompletedProcess:
     """The CLI in a fresh process, under a time limit (a hang fails the test, never blocks it)."""
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "edge_tune", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=LIMIT_S,
-        cwd=cwd or REPO,
-        env=full_env,
-    )
+    return cli_subprocess(*args, env=env, timeout=LIMIT_S)
 
 
 def assert_one_line_error(done: subprocess.CompletedProcess, expected: str) -> None:

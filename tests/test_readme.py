@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from edge_tune_export.miniworld.fashion import CLASSNAMES
+
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text(encoding="utf-8")
 
@@ -27,21 +29,8 @@ def test_readme_library_snippet_runs_as_written(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "runs" / "readme" / "classifier.npz").is_file()
     result = json.loads((tmp_path / "runs" / "readme" / "result.json").read_text())
     tuned = float(printed[-2])
-    assert (
-        tuned == result["tuned_accuracy"] > result["zero_shot_accuracy"]
-    )  # 400 queries already gain
-    assert printed[-1] in {
-        "T-shirt/top",
-        "Trouser",
-        "Pullover",
-        "Dress",
-        "Coat",
-        "Sandal",
-        "Shirt",
-        "Sneaker",
-        "Bag",
-        "Ankle boot",
-    }
+    assert tuned == result["tuned_accuracy"] > result["zero_shot_accuracy"]  # 400 queries gain
+    assert printed[-1] in CLASSNAMES  # a Fashion-MNIST class: the demo's own
 
 
 def test_readme_quotes_the_demo_command_and_its_figures():
