@@ -394,8 +394,12 @@ def eval_command(
     help="Score candidate prompts alone (then blend a head), or through the hybrid [prompt].",
 )
 @click.option("--folds", type=click.IntRange(2), help="Cross-validation folds of the shots [4].")
-@click.option("--preset", type=click.Choice(list(PRESETS)), help="Optimiser preset [edge].")
-@click.option("--optimizer", type=click.Choice(list(OPTIMIZERS)), help="Optimiser [sharpzo].")
+@click.option(
+    "--preset", type=click.Choice(list(PRESETS)), help=f"Optimiser preset [{FitConfig.preset}]."
+)
+@click.option(
+    "--optimizer", type=click.Choice(list(OPTIMIZERS)), help=f"Optimiser [{FitConfig.optimizer}]."
+)
 @click.option(
     "--budget-queries",
     type=click.IntRange(1),

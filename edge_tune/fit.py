@@ -43,10 +43,10 @@ from edge_tune.errors import CheckpointError, EdgeTuneError
 from edge_tune.heads import HEAD_NAMES, apply_head, fit_head
 from edge_tune.memory import peak_rss_mib
 from edge_tune.objective import ensemble, score
+from edge_tune.optim import OPTIMIZERS, PRESETS
 from edge_tune.prompts import DEFAULT_INIT
 from edge_tune.report import MetricsLog, draw_curve, read_metrics
 
-PRESETS = ("edge", "paper")
 HEAD_CHOICES = ("auto", "none", *HEAD_NAMES)
 TUNE_FOR = ("prompt", "hybrid")
 #: The mini-world bundle, package data: what `fit`, `eval` and `info` use without --bundle.
@@ -58,8 +58,8 @@ RESULT_FORMAT = 2
 class FitConfig:
     """Everything that decides the result of a run (saved with it; resume refuses to change it)."""
 
-    optimizer: str = "sharpzo"
-    preset: str = "edge"
+    optimizer: str = OPTIMIZERS[0]  # the registry lists the default first
+    preset: str = PRESETS[0]
     seed: int = 0
     budget_queries: int | None = 2000  # optimiser queries over all folds; None: no cap
     budget_seconds: float | None = (
@@ -81,8 +81,6 @@ class FitConfig:
     parameterisation: str = "sharpzo"  # "sharpzo" (ctx0 + A·w) or "coop" (free context vectors)
 
     def __post_init__(self) -> None:
-        from edge_tune.optim import OPTIMIZERS
-
         problems = []
         for name, value, allowed in (
             ("optimizer", self.optimizer, OPTIMIZERS),
