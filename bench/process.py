@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edge_tune.blas import USER_CHOICE
 from edge_tune.errors import EdgeTuneError
 from edge_tune.memory import current_rss_mib
 
@@ -35,7 +36,7 @@ def child_env(threads: int | None) -> dict[str, str]:
     fit: `edge_tune.blas`)."""
     env = dict(os.environ)
     if threads:
-        for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        for name in USER_CHOICE:
             env[name] = str(threads)
     return env
 

@@ -13,8 +13,16 @@ from __future__ import annotations
 import contextlib
 import os
 
+#: The BLAS thread variables numpy's BLAS reads when it loads (OpenBLAS, MKL).
+BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 #: Setting any of these is how a user chooses BLAS threads; the loop then leaves BLAS alone.
-USER_CHOICE = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")
+USER_CHOICE = (*BLAS_THREAD_VARS, "OMP_NUM_THREADS")
+
+
+def pin_blas_env(threads: int = 1) -> None:
+    """Before numpy loads: one BLAS thread unless the user chose a count (the CLI's default)."""
+    for name in BLAS_THREAD_VARS:
+        os.environ.setdefault(name, str(threads))
 
 
 def limit_blas_threads(threads: int = 1):

@@ -117,9 +117,12 @@ def write_checkpoint(
         os.replace(tmp, final)
         fsync_dir(state)
         atomic_write_bytes(state / LATEST, (final.name + "\n").encode())
-    except OSError as err:
+    except BaseException as err:  # a full disk, or Ctrl-C mid-write: no half checkpoint stays
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(final, ignore_errors=True)
+        if _pointer(state) != final.name:  # interrupted after LATEST moved: `final` is the run's
+            shutil.rmtree(final, ignore_errors=True)
+        if not isinstance(err, OSError):
+            raise
         if previous is not None:
             kept, then = (
                 f"the previous checkpoint {previous.name} is kept",
@@ -136,6 +139,13 @@ def write_checkpoint(
         if old.name.startswith(("ckpt-", ".ckpt-")) and old != final:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _pointer(state: Path) -> str | None:
+    try:
+        return (state / LATEST).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
 
 
 def record_digest(record: Mapping[str, object]) -> str:

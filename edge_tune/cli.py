@@ -6,13 +6,12 @@ is turned into one line (`Error: <path>: <what>. <fix>`) in `main`, and nothing 
 
 from __future__ import annotations
 
-import os
+from edge_tune.blas import pin_blas_env
 
 # Must run before numpy loads. The loop's numpy work is small matrices between ORT runs, and BLAS threads
 # competing with ORT's own pool made a [40,512]x[512,256] product take 60-100 ms instead of 0.9 ms on
 # 2 cores (scripts/query_cost.py). A user who wants BLAS threads sets the variable themselves.
-for _blas_threads in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_blas_threads, "1")
+pin_blas_env()
 
 import contextlib  # noqa: E402
 import json  # noqa: E402

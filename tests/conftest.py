@@ -8,14 +8,15 @@ torch) or uses `$EDGE_TUNE_TEST_BUNDLE` when set, e.g. to reuse a bundle across 
 from __future__ import annotations
 
 import os
-
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the CLI does; must precede numpy's import
-
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from edge_tune.blas import pin_blas_env
+
+pin_blas_env()  # as the CLI does; before any test module imports numpy
 
 REPO = Path(__file__).resolve().parent.parent
 

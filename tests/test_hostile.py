@@ -765,3 +765,29 @@ def test_run_artifacts_honour_the_umask(tiny_bundle, shots, tmp_path, umask, mod
     assert done.returncode == 0, done.stderr
     for name in ("classifier.npz", "prompt.npz", "result.json"):
         assert (out / name).stat().st_mode & 0o777 == mode, name
+
+
+def test_a_kill_while_images_are_encoded_says_run_the_same_command(tiny_bundle, tmp_path):
+    import signal
+    import time
+
+    from fit_support import make_colour_shots
+
+    shots = make_colour_shots(tmp_path / "shots", per_class=80, seed=3)
+    cache = tmp_path / "cache"
+    args = fit_args(tiny_bundle, shots, tmp_path / "run")
+    env = {**os.environ, "EDGE_TUNE_CACHE": str(cache)}
+    proc = subprocess.Popen([sys.executable, "-m", "edge_tune", *map(str, args)], cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + LIMIT_S
+    while not any(cache.rglob("*.npy")) and time.monotonic() < deadline:  # encoding has begun
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=LIMIT_S)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        "Stopped before tuning began (SIGTERM); the images encoded so far are cached: run the "
+        "same command again to go on."
+    )
+    again = edge_tune(*args, env={"EDGE_TUNE_CACHE": str(cache)})
+    assert again.returncode == 0, again.stderr  # the stillborn run folder does not block it

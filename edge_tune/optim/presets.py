@@ -67,7 +67,6 @@ _PAPER_SHARED = dict(
     mask_estimate="cge",
     mask_smoothing=1e-5,
     mask_interval=200,
-    total_steps=20_000,
     patience=10,
     min_delta=0.01,
 )
@@ -112,7 +111,6 @@ PRESET_VALUES: dict[str, dict[str, dict[str, Any]]] = {
             mask_smoothing=1e-3,
             mask_directions=32,
             mask_interval=500,
-            total_steps=20_000,
         ),
         "cma": dict(population_size=20, step_size=0.4),
         # Baselines tuned on the mini-world so that the comparison is fair (docs/accuracy.md,

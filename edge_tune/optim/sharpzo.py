@@ -44,7 +44,6 @@ from edge_tune.optim.cma import (
     cma_init,
     cma_sample,
     cma_tell,
-    constants,
 )
 from edge_tune.optim.estimators import (
     cge_gradient,
@@ -99,7 +98,6 @@ class SharpZOConfig:
     mask_smoothing: float = 1e-5  # µ_cge (stage 2)
     mask_directions: int = 32  # q_m for mask_estimate="rge"
     mask_interval: int = 200  # K
-    total_steps: int = 20_000  # T: informational, info["done"] turns true after T steps
     seed: int = 0
 
     def cma_config(self) -> CMAConfig:
@@ -349,7 +347,6 @@ def sharpzo(config: SharpZOConfig, dim: int) -> Optimizer:
             "mean_loss": float(finite.mean()) if finite.size else math.nan,
             "nonfinite": bad,
             "switched": False,
-            "done": new.warmup_steps + new.zo_steps >= config.total_steps,
             **extra,
         }
         return freeze(new), info
@@ -358,15 +355,3 @@ def sharpzo(config: SharpZOConfig, dim: int) -> Optimizer:
         return clip_to_bounds(cma_cfg, state.cma.mean) if state.stage == STAGE_WARMUP else state.x
 
     return Optimizer(name="sharpzo", config=config, init=init, ask=ask, tell=tell, params=params)
-
-
-def rows_per_tell(state: SharpZOState, config: SharpZOConfig, dim: int) -> int:
-    """How many queries the next tell consumes (for budgets); equals ask(state).shape[0]."""
-    lam = constants(dim, config.population_size, config.active, config.diagonal).population_size
-    if state.stage == STAGE_WARMUP:
-        if state.phase == PHASE_RUN:
-            return lam
-        return 2 * dim if config.sharpness == "cge" else 2 * config.sharpness_directions
-    if state.phase == PHASE_PROBE:
-        return 2 * dim if config.mask_estimate == "cge" else 2 * config.mask_directions
-    return 2 * config.directions
