@@ -218,9 +218,10 @@ def test_miniworld_quantised_bundle_passes_the_default_gate(tmp_path, mode):
     """The shipped mini-world bundle, gated as `edge-tune export miniworld --quantize` gates it: demo eval
     set, zero-shot and a prompt tuned by a short fit on the demo shots (int8: 60.6/79.6 vs fp32 61.0/79.8 %,
     docs/bench.md)."""
-    from edge_tune_export.quantize import MINIWORLD_DEMO, resolve_gate
+    from edge_tune.fit import DEFAULT_BUNDLE
+    from edge_tune_export.quantize import resolve_gate
 
-    source = MINIWORLD_DEMO.parent / "bundle"
+    source = DEFAULT_BUNDLE
     fp32 = json.loads((source / "manifest.json").read_text())
     gate = resolve_gate(fp32, gate_data=None, gate_prompt=None, no_gate=False, mode=mode)
     manifest = quantize_bundle(source, tmp_path / mode, mode, **gate)
