@@ -32,6 +32,7 @@ from edge_tune.atomic import (
     fsync_dir,
     fsync_file,
 )
+from edge_tune.bundle import sha256_file
 from edge_tune.errors import CheckpointError
 
 STATE_DIR = "state"
@@ -110,7 +111,7 @@ def write_checkpoint(
             "checkpoint_format": CHECKPOINT_FORMAT,
             "optimizer_states": len(optimizer_states),
             **record,
-            "file_sha256": {f.name: sha256_of(f) for f in sorted(tmp.glob("*.npz"))},
+            "file_sha256": {f.name: sha256_file(f) for f in sorted(tmp.glob("*.npz"))},
         }
         atomic_write_json(tmp / "tuner.json", {**full, "record_sha256": record_digest(full)})
         fsync_dir(tmp)
@@ -154,15 +155,11 @@ def record_digest(record: Mapping[str, object]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _files_match(path: Path, digests) -> bool:
     if not isinstance(digests, dict):
         return False
     try:
-        return all(sha256_of(path / name) == digest for name, digest in digests.items())
+        return all(sha256_file(path / name) == digest for name, digest in digests.items())
     except OSError:
         return False
 

@@ -8,7 +8,6 @@ mismatched evaluation classes) raise one-line `DataError`s that name the fix.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import stat
@@ -138,6 +137,8 @@ def _linked_class_folders(folders: list[Path], names: list[str]) -> list[str]:
 def _identical_across_classes(samples: list[Sample], names: list[str]) -> list[str]:
     """A warning when one image file's bytes appear under two classes. Only files of equal size
     are hashed, so a large evaluation folder is not read twice."""
+    from edge_tune.features import file_digest  # the cache's key: the same bytes, the same image
+
     by_size: dict[int, list[Sample]] = {}
     for sample in samples:
         by_size.setdefault(sample.path.stat().st_size, []).append(sample)
@@ -147,8 +148,7 @@ def _identical_across_classes(samples: list[Sample], names: list[str]) -> list[s
             continue
         by_digest: dict[str, list[Sample]] = {}
         for sample in group:
-            digest = hashlib.sha256(sample.path.read_bytes()).hexdigest()
-            by_digest.setdefault(digest, []).append(sample)
+            by_digest.setdefault(file_digest(sample.path), []).append(sample)
         clashes += [same for same in by_digest.values() if len({s.label for s in same}) > 1]
     if not clashes:
         return []
