@@ -12,10 +12,9 @@ from pathlib import Path
 
 import click
 
+from edge_tune.cli_options import bundle_option, json_option, provider_option, threads_option
 from edge_tune.errors import EdgeTuneError
 from edge_tune_bench.grid import DEFAULT_TASKS, DEFAULT_TASKS_DIR, METHODS, QUICK, SEEDS, SHOTS
-
-BUNDLE_HELP = "Bundle directory [$EDGE_TUNE_BUNDLE, else the shipped mini-world bundle]."
 
 
 def missing_bench_extra(err: ImportError) -> EdgeTuneError:
@@ -34,7 +33,7 @@ def bench() -> None:
 
 
 @bench.command("speed")
-@click.option("--bundle", type=click.Path(path_type=Path), help=BUNDLE_HELP)
+@bundle_option()
 @click.option("--classes", type=click.IntRange(2), default=10, show_default=True, help="K classes.")
 @click.option(
     "--population",
@@ -43,8 +42,8 @@ def bench() -> None:
     show_default=True,
     help="N candidates per objective call.",
 )
-@click.option("--provider", default="auto", show_default=True, help="Execution provider.")
-@click.option("--threads", type=click.IntRange(1), help="Threads for ORT, numpy and torch alike.")
+@provider_option()
+@threads_option("Threads for ORT, numpy and torch alike.")
 @click.option(
     "--repeats",
     type=click.IntRange(1),
@@ -53,7 +52,7 @@ def bench() -> None:
     help="Timed repetitions (the median is reported).",
 )
 @click.option("--no-reference", is_flag=True, help="Skip the PyTorch-eager reference.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@json_option()
 def speed_command(
     bundle, classes, population, provider, threads, repeats, no_reference, as_json
 ) -> None:
@@ -86,7 +85,7 @@ def speed_command(
 
 
 @bench.command("memory")
-@click.option("--bundle", type=click.Path(path_type=Path), help=BUNDLE_HELP)
+@bundle_option()
 @click.option("--classes", type=click.IntRange(2), default=10, show_default=True, help="K classes.")
 @click.option(
     "--population",
@@ -102,10 +101,10 @@ def speed_command(
     show_default=True,
     help="Objective calls / fit steps / first-order steps per case.",
 )
-@click.option("--provider", default="auto", show_default=True, help="Execution provider.")
-@click.option("--threads", type=click.IntRange(1), help="Threads for ORT, numpy and torch alike.")
+@provider_option()
+@threads_option("Threads for ORT, numpy and torch alike.")
 @click.option("--no-reference", is_flag=True, help="Skip the PyTorch first-order case.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@json_option()
 def memory_command(
     bundle, classes, population, steps, provider, threads, no_reference, as_json
 ) -> None:
@@ -191,7 +190,7 @@ def memory_command(
     show_default=True,
     help="Parallel runs (processes).",
 )
-@click.option("--bundle", type=click.Path(path_type=Path), help=BUNDLE_HELP)
+@bundle_option()
 @click.option(
     "--cache-dir",
     type=click.Path(path_type=Path),
@@ -209,20 +208,9 @@ def memory_command(
     type=click.Path(path_type=Path),
     help="Only print the tables of a saved report; repeat to merge several (their runs).",
 )
-@click.option("--provider", default="auto", show_default=True, help="Execution provider.")
-@click.option(
-    "--threads",
-    type=click.IntRange(1),
-    default=1,
-    show_default=True,
-    help="ORT intra-op threads per run.",
-)
-@click.option(
-    "--json",
-    "as_json",
-    is_flag=True,
-    help="Print the report as one JSON object instead of the Markdown tables.",
-)
+@provider_option()
+@threads_option("ORT intra-op threads per run.", default=1, show_default=True)
+@json_option("Print the report as one JSON object instead of the Markdown tables.")
 @click.pass_context
 def accuracy_command(
     ctx,

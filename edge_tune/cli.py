@@ -21,6 +21,12 @@ from pathlib import Path  # noqa: E402
 
 import click  # noqa: E402
 
+from edge_tune.cli_options import (  # noqa: E402
+    bundle_option,
+    json_option,
+    provider_option,
+    threads_option,
+)
 from edge_tune.errors import EdgeTuneError  # noqa: E402
 from edge_tune.fit import HEAD_CHOICES, PRESETS, TUNE_FOR, FitConfig  # noqa: E402
 from edge_tune.optim import OPTIMIZERS  # noqa: E402
@@ -47,11 +53,8 @@ def cli() -> None:
 @click.option(
     "--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write."
 )
-@click.option(
-    "--provider",
-    default="auto",
-    show_default=True,
-    help="Check that the bundle runs on this execution provider (auto|cpu|cuda|tensorrt|...).",
+@provider_option(
+    "Check that the bundle runs on this execution provider (auto|cpu|cuda|tensorrt|...)."
 )
 @click.option("--opset", type=click.IntRange(18), help="ONNX opset [20].")
 @click.option(
@@ -167,14 +170,9 @@ def export_command(
 
 @cli.command("info")
 @click.argument("bundle_dir", metavar="[BUNDLE]", required=False, type=click.Path(path_type=Path))
-@click.option(
-    "--provider",
-    default="auto",
-    show_default=True,
-    help="Execution provider for the timed forward.",
-)
-@click.option("--threads", type=click.IntRange(1), help="ORT intra-op threads.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@provider_option("Execution provider for the timed forward.")
+@threads_option()
+@json_option()
 def info_command(bundle_dir, provider, threads, as_json) -> None:
     """Check a bundle (hashes, graphs, provider) and time one text forward.
 
@@ -229,12 +227,7 @@ def info_command(bundle_dir, provider, threads, as_json) -> None:
 
 
 @cli.command("eval")
-@click.option(
-    "--bundle",
-    "bundle_dir",
-    type=click.Path(path_type=Path),
-    help="Bundle directory [$EDGE_TUNE_BUNDLE, else the shipped mini-world bundle].",
-)
+@bundle_option("bundle_dir")
 @click.option(
     "--data",
     "data_dir",
@@ -272,9 +265,9 @@ def info_command(bundle_dir, provider, threads, as_json) -> None:
     type=click.Path(path_type=Path),
     help="Image-feature cache [$EDGE_TUNE_CACHE, else ~/.cache/edge-tune].",
 )
-@click.option("--provider", default="auto", show_default=True, help="Execution provider.")
-@click.option("--threads", type=click.IntRange(1), help="ORT intra-op threads.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@provider_option()
+@threads_option()
+@json_option()
 def eval_command(
     bundle_dir,
     data_dir,
@@ -377,11 +370,7 @@ def eval_command(
     type=click.Path(path_type=Path),
     help="Labelled folder to report accuracy on (never used for any choice).",
 )
-@click.option(
-    "--bundle",
-    type=click.Path(path_type=Path),
-    help="Bundle directory [$EDGE_TUNE_BUNDLE, else the shipped mini-world bundle].",
-)
+@bundle_option()
 @click.option(
     "--head",
     type=click.Choice(list(HEAD_CHOICES)),
@@ -415,8 +404,8 @@ def eval_command(
     type=click.IntRange(0, 2**32 - 1),
     help="Seed of the folds, optimisers and projection, 0..2^32-1 [0].",
 )
-@click.option("--provider", default="auto", show_default=True, help="Execution provider.")
-@click.option("--threads", type=click.IntRange(1), help="ORT intra-op threads.")
+@provider_option()
+@threads_option()
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory [runs/<timestamp>].")
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue an interrupted run.")
 @click.option("--checkpoint-every", help="Time between checkpoints [60s].")
@@ -425,7 +414,7 @@ def eval_command(
     type=click.IntRange(1),
     help="Rounds (a step of every fold) between evaluations [10].",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print result.json on stdout.")
+@json_option("Print result.json on stdout.")
 def fit(
     data,
     split_json,
@@ -605,14 +594,10 @@ def _setup_stops_cleanly():
 @click.argument("run", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--top-k", type=click.IntRange(1), default=3, show_default=True)
-@click.option(
-    "--bundle",
-    type=click.Path(path_type=Path),
-    help="Bundle the run was tuned with [the one recorded in RUN/result.json].",
-)
-@click.option("--provider", default="auto", show_default=True, help="Execution provider.")
-@click.option("--threads", type=click.IntRange(1), help="ORT intra-op threads.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@bundle_option(help="Bundle the run was tuned with [the one recorded in RUN/result.json].")
+@provider_option()
+@threads_option()
+@json_option()
 def predict(run, images, top_k, bundle, provider, threads, as_json) -> None:
     """Classify images with a tuned run: the image graph and one matmul.
 
