@@ -12,7 +12,7 @@ import json
 import random
 import stat
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,8 @@ class Dataset:
     root: Path
     skipped: tuple[Skipped, ...] = ()
     notes: tuple[str, ...] = ()
+    #: sha256 of the sample files hashed while loading (path -> hex), so a fit does not read them again
+    digests: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def labels(self) -> np.ndarray:
@@ -113,9 +115,17 @@ def load_shots(root: str | Path, *, strict: bool = False) -> Dataset:
                 path=folder,
                 hint=f"Add {', '.join(IMAGE_EXTENSIONS)} photos or remove the folder",
             )
-    notes = _linked_class_folders(folders, names) + _identical_across_classes(samples, names)
+    digests: dict[Path, str] = {}
+    notes = _linked_class_folders(folders, names) + _identical_across_classes(
+        samples, names, digests
+    )
     return Dataset(
-        classnames=names, samples=samples, root=root, skipped=tuple(skipped), notes=tuple(notes)
+        classnames=names,
+        samples=samples,
+        root=root,
+        skipped=tuple(skipped),
+        notes=tuple(notes),
+        digests=digests,
     )
 
 
@@ -134,9 +144,11 @@ def _linked_class_folders(folders: list[Path], names: list[str]) -> list[str]:
     return notes
 
 
-def _identical_across_classes(samples: list[Sample], names: list[str]) -> list[str]:
+def _identical_across_classes(
+    samples: list[Sample], names: list[str], digests: dict[Path, str]
+) -> list[str]:
     """A warning when one image file's bytes appear under two classes. Only files of equal size
-    are hashed, so a large evaluation folder is not read twice."""
+    are hashed, so a large evaluation folder is not read twice; their digests go into `digests`."""
     from edge_tune.features import file_digest  # the cache's key: the same bytes, the same image
 
     by_size: dict[int, list[Sample]] = {}
@@ -148,7 +160,8 @@ def _identical_across_classes(samples: list[Sample], names: list[str]) -> list[s
             continue
         by_digest: dict[str, list[Sample]] = {}
         for sample in group:
-            by_digest.setdefault(file_digest(sample.path), []).append(sample)
+            digests[sample.path] = file_digest(sample.path)
+            by_digest.setdefault(digests[sample.path], []).append(sample)
         clashes += [same for same in by_digest.values() if len({s.label for s in same}) > 1]
     if not clashes:
         return []

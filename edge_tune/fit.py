@@ -38,7 +38,7 @@ import numpy as np
 from edge_tune import fitsetup, rundir, select
 from edge_tune.atomic import atomic_write_json
 from edge_tune.blas import loop_blas_threads
-from edge_tune.checkpoint import checkpoint_dir, read_checkpoint, write_checkpoint
+from edge_tune.checkpoint import read_checkpoint, write_checkpoint
 from edge_tune.errors import CheckpointError, EdgeTuneError
 from edge_tune.heads import HEAD_NAMES, apply_head, fit_head
 from edge_tune.memory import peak_rss_mib
@@ -220,8 +220,9 @@ def fold_seed(seed: int, fold: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(fold)]).generate_state(1)[0])
 
 
-def _has_checkpoint(run_dir: Path) -> bool:
-    return run_dir.is_dir() and checkpoint_dir(run_dir) is not None
+def _data_roots(datasets: dict) -> list[Path]:
+    """The folders a run reads its images from (its run directory must lie outside them)."""
+    return [Path(d.root) for d in datasets.values() if d is not None]
 
 
 def _refuse_if_changed(run_dir, what: str, mine: str | None, theirs: str | None) -> None:
@@ -277,9 +278,7 @@ class Tuner:
         self._lock: rundir.RunLock | None = None
         if run_dir is not None:  # a bad --out fails before any image is encoded
             run_dir = Path(run_dir)
-            roots = [Path(d.root) for d in inputs.datasets.values() if d is not None]
-            rundir.check_outside(run_dir, roots)
-            self._lock = rundir.claim_fresh(run_dir, has_checkpoint=_has_checkpoint(run_dir))
+            self._lock = rundir.claim_fresh(run_dir, inputs=_data_roots(inputs.datasets))
         self.setup = fitsetup.prepare(
             inputs, config, provider=provider, threads=threads, cache_dir=cache_dir,
             feature_progress=feature_progress,
@@ -516,7 +515,7 @@ class Tuner:
         fresh = metrics_offset is None
         if self._lock is None:  # marked as edge-tune's and locked (rundir), or refused untouched
             self._lock = (
-                rundir.claim_fresh(run_dir, has_checkpoint=_has_checkpoint(run_dir))
+                rundir.claim_fresh(run_dir, inputs=_data_roots(self.datasets))
                 if fresh
                 else rundir.RunLock(run_dir)
             )

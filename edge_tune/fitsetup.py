@@ -99,7 +99,9 @@ def read_inputs(bundle, shots, eval_set) -> Inputs:
             hint="Use the same class folders for both",
         )
     digests = {
-        name: None if data is None else [file_digest(s.path) for s in data.samples]
+        name: None
+        if data is None
+        else [data.digests.get(s.path) or file_digest(s.path) for s in data.samples]
         for name, data in (("shots", shots), ("eval", eval_set))
     }
     hashes = {

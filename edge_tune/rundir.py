@@ -33,7 +33,7 @@ def is_run(run_dir: Path) -> bool:
     return isinstance(record, dict) and record.get("format") == MARKER_RECORD["format"]
 
 
-def check_outside(run_dir: Path, inputs: list[Path]) -> None:
+def _check_outside(run_dir: Path, inputs: list[Path]) -> None:
     """A run directory inside a data folder would become a class of its own (its curve.png an image)."""
     target = run_dir.resolve()
     for root in inputs:
@@ -45,8 +45,13 @@ def check_outside(run_dir: Path, inputs: list[Path]) -> None:
             )
 
 
-def claim_fresh(run_dir: Path, *, has_checkpoint: bool) -> RunLock:
-    """Create (or reuse a stillborn) run directory for a new run, mark it and lock it."""
+def claim_fresh(run_dir: Path, *, inputs: list[Path]) -> RunLock:
+    """Create (or reuse a stillborn) run directory for a new run, mark it and lock it; refused
+    when it lies inside one of the `inputs` (the data folders)."""
+    from edge_tune.checkpoint import checkpoint_dir
+
+    _check_outside(run_dir, inputs)
+    has_checkpoint = run_dir.is_dir() and checkpoint_dir(run_dir) is not None
     if run_dir.exists() and not run_dir.is_dir():
         raise CheckpointError(
             "is a file, not a run directory",
