@@ -448,14 +448,7 @@ def fit(
       edge-tune fit --resume runs/pets
       edge-tune fit --data ./oxford_pets/images --split split_zhou_OxfordPets.json --shots 16
     """
-    from edge_tune.fit import (
-        FitConfig,
-        Tuner,
-        new_run_dir,
-        parse_duration,
-        resolve_bundle,
-        stop_on_signals,
-    )
+    from edge_tune.fit import Tuner, new_run_dir, parse_duration, resolve_bundle, stop_on_signals
     from edge_tune.report import Progress, budget_line, encoding_progress, format_summary
 
     seconds = parse_duration(budget_time) if budget_time else None
