@@ -77,7 +77,7 @@ class FitConfig:
     checkpoint_every: float = 60.0  # seconds between checkpoints (and one at the end)
     init: str = DEFAULT_INIT  # phrase whose token embeddings initialise the context
     prompt_dim: int = 512  # d, the tuned vector's size (SharpZO Table 8)
-    projection_std: float | None = None  # std of the projection A; None: the prompt space's default
+    projection_std: float | None = None  # std of A; None: presets.projection_std(preset)
     parameterisation: str = "sharpzo"  # "sharpzo" (ctx0 + A·w) or "coop" (free context vectors)
 
     def __post_init__(self) -> None:

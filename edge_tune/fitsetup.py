@@ -22,6 +22,7 @@ from edge_tune import select
 from edge_tune.encoders import text_encoder
 from edge_tune.errors import DataError
 from edge_tune.objective import PromptObjective
+from edge_tune.optim import presets
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,12 @@ def prepare(
     classnames = list(inputs.shots.classnames)
     space = PromptSpace.build(
         bundle, classnames, init=config.init, dim=config.prompt_dim,
-        projection_std=config.projection_std, seed=config.seed,
+        projection_std=(
+            presets.projection_std(config.preset)
+            if config.projection_std is None
+            else config.projection_std
+        ),
+        seed=config.seed,
         parameterisation=config.parameterisation,
     )  # fmt: skip
     # The loop needs neither the tokenizer nor the image session's freed heap: hand both back

@@ -142,7 +142,37 @@ def test_default_population_and_weights_follow_hansen():
     assert np.all(constants(10, None, False, False).weights[5:] == 0)
 
 
-def test_tpa_is_chosen_from_d_300_like_pycma_and_mirrors_the_mean_shift():
+@pytest.mark.parametrize("diagonal", [False, True])
+@pytest.mark.parametrize("d, lam", [(10, None), (50, None), (512, 20), (512, 40)])
+def test_negative_weights_follow_pycmas_rule_for_the_rates_the_update_uses(d, lam, diagonal):
+    from cma.recombination_weights import RecombinationWeights
+
+    c = constants(d, lam, True, diagonal)
+    oracle = RecombinationWeights(c.population_size)
+    oracle.finalize_negative_weights(d, c.c_1, c.c_mu, pos_def=True)
+    assert np.allclose(c.weights, np.asarray(oracle), rtol=1e-12, atol=0)
+    negative = -c.weights[c.weights < 0].sum()
+    # positive definiteness: n·cµ·Σ|w⁻| <= 1 − c1 − cµ (H16 eq. 52), for the diagonal rates too
+    assert d * c.c_mu * negative <= 1 - c.c_1 - c.c_mu + 1e-12
+    if diagonal and d == 512:
+        assert negative < 0.37  # was 1.24: the bound had been taken from the unscaled c1/cµ
+
+
+def test_bound_penalty_holds_single_coordinates_at_d_512():
+    # The optimum sits near the faces of a [−1, 1] box; with the penalty divided by d, 29 mean
+    # coordinates had left the box after 500 generations (loss 1.07 instead of 0.16).
+    d = 512
+    target = np.random.default_rng(0).uniform(-1, 1, d) * 0.98
+    opt = cma_es(CMAConfig(population_size=20, step_size=0.4, lower=-1.0, upper=1.0, seed=1), d)
+    state = opt.init(np.zeros(d))
+    for _ in range(500):
+        rows = opt.ask(state)
+        state, _ = opt.tell(state, ((rows - target) ** 2).sum(1))
+    assert np.abs(state.mean).max() <= 1.0 + 0.05
+    assert ((opt.params(state) - target) ** 2).sum() < 0.5
+
+
+def test_tpa_is_chosen_from_d_300_like_pycma_4x_and_mirrors_the_mean_shift():
     from edge_tune.optim.cma import cma_sample, uses_tpa
 
     assert not uses_tpa(CMAConfig(), 299) and uses_tpa(CMAConfig(), 300)

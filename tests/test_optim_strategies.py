@@ -18,6 +18,7 @@ from edge_tune.optim import (
     load_state,
     make_optimizer,
     optimizer_from_config,
+    projection_std,
     save_state,
 )
 
@@ -302,10 +303,17 @@ def test_presets_are_data_and_every_field_overridable():
     assert shared == (40, 0.1, 1e-3, 1, 200, 0.5)
     assert (
         (paper.step_size, paper.sharpness_smoothing, paper.change_point, paper.learning_rate)
-        == PAPER_DATASETS["imagenet"]
+        == PAPER_DATASETS["imagenet"][:4]
         == (1.0, 1e-5, 200, 1e-1)
     )
-    assert make_optimizer("sharpzo", 512, preset="paper").config.change_point == 500  # EuroSAT
+    # what only the official configs give: A's std, the ±5 bounds (not for ImageNet), pycma 4.0.0's
+    # CSA; the edge preset takes the token table's std
+    assert (paper.lower, paper.upper, paper.step_size_rule) == (None, None, "csa")
+    eurosat = make_optimizer("sharpzo", 512, preset="paper").config
+    assert eurosat.change_point == 500 and (eurosat.lower, eurosat.upper) == (-5.0, 5.0)
+    assert make_optimizer("cma", 512, preset="paper").config.upper == 5.0
+    assert projection_std("paper", "imagenet") == 1.0 and projection_std("paper", "food101") == 0.2
+    assert projection_std("edge") is None
     edge = make_optimizer("sharpzo", 512, seed=4, patience=3).config
     assert edge.sharpness == "population" and edge.patience == 3 and edge.seed == 4
     for name in OPTIMIZERS:
@@ -367,3 +375,56 @@ def test_state_files_from_elsewhere_are_refused(tmp_path):
         load_state(broken)
     with pytest.raises(CheckpointError, match="optimizer state file not found"):
         load_state(tmp_path / "nope.npz")
+
+
+def test_every_sharpzo_row_and_iterate_stays_inside_the_box_at_d_512():
+    # ε* (ρ = 0.5) and a large stage-2 step both push past a ±0.05 box around an optimum at +1:
+    # ε* used to be added after clipping, and stage 2 ignored the bounds.
+    d = 512
+    opt = make_optimizer(
+        "sharpzo", d, preset="edge", population_size=8, change_point=5, mask_interval=3,
+        sharpness_radius=0.5, learning_rate=50.0, lower=-0.05, upper=0.05,
+    )  # fmt: skip
+    state = opt.init(np.zeros(d))
+    for _ in range(20):
+        rows = opt.ask(state)
+        assert rows.min() >= -0.05 and rows.max() <= 0.05, state.stage
+        state, _ = opt.tell(state, ((rows - 1.0) ** 2).sum(1))
+    assert state.stage == 1 and state.zo_steps > 5
+    assert np.abs(state.x).max() <= 0.05 and np.abs(opt.params(state)).max() <= 0.05
+
+
+def test_population_sharpness_leaves_out_tpas_mirrored_rows():
+    from edge_tune.optim.cma import uses_tpa
+
+    d = 320  # TPA from d = 300: rows 0 and 1 are ± the last mean shift, not N(0, I) draws
+    opt = make_optimizer("sharpzo", d, preset="edge", population_size=8, change_point=50)
+    assert uses_tpa(opt.config.cma_config(), d)
+    assert not uses_tpa(dataclasses.replace(opt.config, step_size_rule="csa").cma_config(), d)
+    state, _, _ = run(opt, opt.init(np.zeros(d)), 2, objective=lambda w: ((w - 0.3) ** 2).sum(1))
+    losses = ((opt.ask(state) - 0.3) ** 2).sum(1)
+    told, _ = opt.tell(state, losses)
+    mirrored = losses.copy()
+    mirrored[:2] += (5.0, -3.0)
+    assert np.array_equal(opt.tell(state, mirrored)[0].shift, told.shift)
+    drawn = losses.copy()
+    drawn[2] += 5.0
+    assert not np.array_equal(opt.tell(state, drawn)[0].shift, told.shift)
+
+
+def test_projection_folds_and_optimiser_draw_from_disjoint_streams():
+    from edge_tune import select
+    from edge_tune.optim.base import STREAM_CMA, STREAM_MASK, STREAM_RGE, STREAM_SHARPNESS, rng
+
+    seed = 3
+    streams = {
+        "projection": np.random.PCG64(seed),  # prompts.seeded_normal's generator
+        "folds": np.random.default_rng([seed, select._FOLD_STREAM]).bit_generator,
+    }
+    for stream in (STREAM_CMA, STREAM_RGE, STREAM_SHARPNESS, STREAM_MASK):
+        streams[f"optimiser {stream}"] = rng(seed, stream, 0).bit_generator
+    raw = {name: set(gen.random_raw(2000).tolist()) for name, gen in streams.items()}
+    names = list(raw)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert not raw[a] & raw[b], (a, b)

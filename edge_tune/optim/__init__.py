@@ -18,6 +18,7 @@ from edge_tune.optim.presets import (
     make_optimizer,
     optimizer_from_config,
     preset_config,
+    projection_std,
 )
 from edge_tune.optim.state_io import load_state, save_state
 
@@ -32,5 +33,6 @@ __all__ = [
     "make_optimizer",
     "optimizer_from_config",
     "preset_config",
+    "projection_std",
     "save_state",
 ]

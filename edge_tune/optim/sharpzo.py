@@ -44,6 +44,7 @@ from edge_tune.optim.cma import (
     cma_init,
     cma_sample,
     cma_tell,
+    uses_tpa,
 )
 from edge_tune.optim.estimators import (
     cge_gradient,
@@ -77,6 +78,7 @@ class SharpZOConfig:
     step_size: float = 0.4  # σ0
     active: bool = True
     diagonal: bool = False
+    step_size_rule: str = "auto"  # CMA-ES σ control: auto | csa | tpa (see CMAConfig)
     lower: float | None = None
     upper: float | None = None
     sharpness_radius: float = 0.1  # ρ
@@ -106,6 +108,7 @@ class SharpZOConfig:
             step_size=self.step_size,
             active=self.active,
             diagonal=self.diagonal,
+            step_size_rule=self.step_size_rule,
             lower=self.lower,
             upper=self.upper,
             seed=self.seed,
@@ -224,6 +227,10 @@ def sharpzo(config: SharpZOConfig, dim: int) -> Optimizer:
         )
 
     def ask(state: SharpZOState) -> np.ndarray:
+        """Every row lies inside the box bounds, the perturbed and probing ones included."""
+        return clip_to_bounds(cma_cfg, unclipped_rows(state))
+
+    def unclipped_rows(state: SharpZOState) -> np.ndarray:
         if state.stage == STAGE_WARMUP and state.phase == PHASE_PROBE:
             mean = clip_to_bounds(cma_cfg, state.cma.mean)
             if config.sharpness == "cge":
@@ -287,10 +294,12 @@ def sharpzo(config: SharpZOConfig, dim: int) -> Optimizer:
             if config.sharpness == "population":
                 # DEVIATION(paper §3.1): ĝ comes from this generation's own λ evaluations (taken
                 # at x_i + ε*, one generation old by the time it is used) instead of 2d CGE probes.
+                # TPA's two mirrored mean-shift rows are not N(0, I) draws: they stay out.
                 z, _, _ = cma_sample(cma_cfg, state.cma)
+                first = 2 if state.cma.step > 0 and uses_tpa(cma_cfg, d) else 0
                 grad = es_gradient(
-                    losses,
-                    z,
+                    losses[first:],
+                    z[first:],
                     None if cma_cfg.diagonal else state.cma.basis,
                     state.cma.scales,
                     state.cma.step_size,
@@ -322,6 +331,7 @@ def sharpzo(config: SharpZOConfig, dim: int) -> Optimizer:
             x, _, skipped = zo_step(
                 state.x, losses, config.smoothing, config.learning_rate, step_directions(state)
             )
+            x = clip_to_bounds(cma_cfg, x)  # projected ZO-SGD: the iterate stays in the box
             zo_steps = state.zo_steps + 1
             refresh = masked and zo_steps % config.mask_interval == 0
             fields.update(
