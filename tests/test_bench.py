@@ -263,3 +263,23 @@ def test_first_order_reference_lowers_the_loss(bundle_dir):
     )
     assert np.all(np.isfinite(run["losses"]))
     assert run["losses"][-1] < run["losses"][0] - 1e-3
+
+
+def test_stage2_bench_branches_every_variant_from_one_switch_state(tmp_path, capsys):
+    from edge_tune_bench import stage2
+
+    out = tmp_path / "stage2.json"
+    variants = ["continue CMA-ES", "sgd η=0.1 (paper rule)", "line-search"]
+    argv = ["--tasks", "demo", "--seeds", "0", "--switch", "100", "--at", "300"]
+    assert stage2.main([*argv, "--variants", *variants, "--out", str(out)]) == 0
+    (run,) = json.loads(out.read_text())["runs"]
+    assert run["switch_queries"] == 100 and 0 <= run["mask_mass"] <= 1
+    starts = {json.dumps(v["points"][0]) for v in run["variants"].values()}
+    assert len(starts) == 1  # the same switch state for all
+    for name in variants:
+        end = run["variants"][name]["points"][-1]
+        assert (
+            300 <= end["queries"] < 300 + 20
+            and end["loss"] <= run["variants"][name]["points"][0]["loss"] + 1e-6
+        )
+    assert "| line-search |" in capsys.readouterr().out

@@ -171,6 +171,7 @@ def test_sharpzo_edge_costs_lambda_per_generation_and_cheap_mask_probes():
         change_point=2,
         mask_interval=1,
         mask_directions=3,
+        keep_fraction=0.5,  # the edge default is dense: no mask probes at all (below)
     )
     state = opt.init(np.zeros(D))
     log = []
@@ -185,6 +186,12 @@ def test_sharpzo_edge_costs_lambda_per_generation_and_cheap_mask_probes():
         ("mask-probe", 6),
         ("step", 2),
     ]
+    dense = make_optimizer("sharpzo", D, preset="edge", population_size=6, change_point=2)
+    state, log = dense.init(np.zeros(D)), []
+    for _ in range(4):
+        state, info = dense.tell(state, valley_objective(dense.ask(state)))
+        log.append((info["phase"], info["queries"]))
+    assert log == [("sample", 6), ("sample", 6), ("step", 2), ("step", 2)]
 
 
 def test_sa_cma_shifts_every_candidate_by_rho_along_the_gradient():
@@ -428,3 +435,62 @@ def test_projection_folds_and_optimiser_draw_from_disjoint_streams():
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             assert not raw[a] & raw[b], (a, b)
+
+
+def _stage_two(step_rule, scale, learning_rate=0.1, steps=300, d=50):
+    centre = np.linspace(-1, 1, d)
+
+    def loss(w):
+        return scale * ((w - centre) ** 2).sum(-1)
+
+    opt = make_optimizer(
+        "sharpzo", d, preset="edge", change_point=0, keep_fraction=1.0,
+        step_rule=step_rule, learning_rate=learning_rate,
+    )  # fmt: skip
+    state = opt.init(np.zeros(d))
+    start, path = loss(opt.params(state)), []
+    for _ in range(steps):
+        state, _ = opt.tell(state, loss(opt.ask(state)))
+        path.append(loss(opt.params(state)))
+    return start, np.array(path), state
+
+
+@pytest.mark.parametrize("scale", [1e-4, 1.0, 1e4])
+def test_line_search_stage_two_follows_the_gradient_scale(scale):
+    # η = 0.1 fixed: far too small at 1e-4 (a stall, as on the mini-world at the switch, where
+    # ‖g‖ ≈ 0.004), diverging at 1e4. The line search starts from the same η on all three.
+    start, path, state = _stage_two("line-search", scale)
+    assert path[-1] < 0.2 * start, scale
+    # accepted points get worse by no more than the centre loss's curvature term µ²·uᵀHu/2 varies
+    assert np.diff(path).max() <= 1e-5 * scale
+    assert state.zo_rate != 0.1
+    if scale == 1e-4:
+        sgd_start, sgd_path, _ = _stage_two("sgd", scale)
+        assert sgd_path[-1] > 0.98 * sgd_start  # 1.2 % lower, where the line search is 97 %
+
+
+def test_fixed_eta_stage_two_stops_with_a_clear_message_when_it_diverges():
+    with pytest.raises(
+        NumericalError,
+        match=r"stage 2 \(sparse ZO-SGD\) diverged: the loss rose from .* at learning_rate 100",
+    ):
+        _stage_two("sgd", 1.0, learning_rate=100.0)
+
+
+def test_bad_stage_two_settings_are_refused():
+    with pytest.raises(OptimizerError, match="unknown step_rule 'adam'. Choose one of sgd"):
+        make_optimizer("sharpzo", 4, step_rule="adam")
+    with pytest.raises(OptimizerError, match="line-search needs grow >= 1 and 0 < shrink < 1"):
+        make_optimizer("sharpzo", 4, shrink=1.5)
+
+
+def test_shaped_stage_two_directions_follow_the_warm_ups_covariance():
+    opt = make_optimizer("sharpzo", D, preset="edge", population_size=6, change_point=1)
+    state, _, _ = run(opt, opt.init(np.zeros(D)), 1)
+    scales = np.r_[10.0, np.ones(D - 1)]  # C = diag(100, 1, ..., 1)
+    state = state._replace(cma=state.cma._replace(scales=scales, basis=np.eye(D)))
+    mu = opt.config.smoothing
+    u = np.array([(opt.ask(state._replace(zo_steps=k))[0] - state.x) / mu for k in range(2000)])
+    assert np.isclose((u**2).sum(1).mean(), D, rtol=0.1)  # trace d, as for isotropic u
+    ratio = u[:, 0].var() / u[:, 1:].var()
+    assert 70 < ratio < 140  # 100 expected

@@ -54,7 +54,18 @@ from edge_tune.optim.estimators import (
     rge_points,
     z_pruning_mask,
 )
-from edge_tune.optim.zo import check_zo, masked_directions, zo_step
+from edge_tune.optim.zo import (
+    Anchor,
+    centre_loss,
+    check_zo,
+    line_search_step,
+    masked_directions,
+    zo_step,
+)
+
+#: Stage 2 with a fixed η stops when the loss at its probes is this many times its first loss
+#: (measured: at η = 100 on the mini-world one run in four diverged, silently, until non-finite).
+DIVERGENCE_FACTOR = 10.0
 
 STAGE_WARMUP, STAGE_ZO = 0, 1
 PHASE_PROBE, PHASE_RUN = 0, 1  # warm-up: probe → sample; zo: mask probe → step
@@ -67,6 +78,7 @@ PHASE_NAMES = {
 }
 SHARPNESS_ESTIMATES = ("cge", "rge", "population", "none")
 MASK_ESTIMATES = ("cge", "rge")
+STEP_RULES = ("sgd", "line-search")
 
 
 @dataclass(frozen=True)
@@ -91,7 +103,12 @@ class SharpZOConfig:
     patience: int = 10
     min_delta: float = 0.01  # accuracy as a fraction
     # stage 2: sparse ZO-SGD
-    learning_rate: float = 1e-3  # η
+    # "sgd": w ← w − η·ĝ (the paper); "line-search": η adapts to the measured loss (zo.py)
+    step_rule: str = "sgd"
+    learning_rate: float = 1e-3  # η (for "line-search" the first η)
+    grow: float = 2**0.25  # "line-search": η × grow after an accepted step
+    shrink: float = 0.5  # "line-search": η × shrink after a rejected one
+    shaped_directions: bool = False  # stage-2 directions from N(0, C) of the warm-up's CMA-ES
     smoothing: float = 1e-3  # µ_rge
     directions: int = 1  # q
     keep_fraction: float = 0.5  # fraction of coordinates perturbed; 1.0 = dense, no mask probes
@@ -127,7 +144,13 @@ class SharpZOState(NamedTuple):
     mask: np.ndarray  # bool[d], coordinates perturbed in stage 2
     warmup_steps: int  # CMA generations done
     zo_steps: int  # stage-2 SGD steps done (skipped ones included)
-    skipped_steps: int
+    skipped_steps: int  # steps that moved nothing: all pairs non-finite, or rejected by the search
+    zo_start_loss: float  # L at the first stage-2 step (the divergence guard's reference)
+    zo_rate: float  # η now ("line-search" adapts it)
+    anchor_x: np.ndarray  # "line-search": the last accepted point (size 0 before the first)
+    anchor_loss: float
+    anchor_grad: np.ndarray
+    anchor_rejections: int
     best_val: float
     stale_evals: int  # validation evaluations without an improvement > min_delta
     best_loss: float
@@ -144,6 +167,7 @@ def check_sharpzo(config: SharpZOConfig, dim: int) -> None:
         ("mask_estimate", config.mask_estimate, MASK_ESTIMATES),
         ("mask_keep", config.mask_keep, ("high", "low")),
         ("switch", config.switch, ("fixed", "plateau")),
+        ("step_rule", config.step_rule, STEP_RULES),
     ):
         if value not in choices:
             raise OptimizerError(
@@ -153,6 +177,11 @@ def check_sharpzo(config: SharpZOConfig, dim: int) -> None:
         raise OptimizerError(
             f"keep_fraction must be in (0, 1], got {config.keep_fraction}",
             hint="0.5 is the paper's value; 1.0 disables the mask",
+        )
+    if not (config.grow >= 1 and 0 < config.shrink < 1):
+        raise OptimizerError(
+            f"line-search needs grow >= 1 and 0 < shrink < 1, got {config.grow}, {config.shrink}",
+            hint="The defaults are grow = 2**0.25, shrink = 0.5",
         )
     if config.change_point < 0 or config.mask_interval < 1 or config.patience < 1:
         raise OptimizerError(
@@ -167,6 +196,16 @@ def check_sharpzo(config: SharpZOConfig, dim: int) -> None:
         raise OptimizerError(
             "sharpness_radius must be >= 0 and the smoothings > 0",
             hint="The paper uses ρ = 0.1, µ_cge = 1e-3 / 1e-5",
+        )
+
+
+def check_not_diverging(loss: float, start: float, learning_rate: float) -> None:
+    """Stop a fixed-η stage 2 whose loss has blown up, instead of stepping on to inf."""
+    if math.isfinite(start) and start > 0 and loss > DIVERGENCE_FACTOR * start:
+        raise NumericalError(
+            f"stage 2 (sparse ZO-SGD) diverged: the loss rose from {start:.4g} to {loss:.4g} "
+            f"at learning_rate {learning_rate:g}",
+            hint="Lower learning_rate, or use step_rule='line-search', which adapts it",
         )
 
 
@@ -203,6 +242,12 @@ def sharpzo(config: SharpZOConfig, dim: int) -> Optimizer:
                 warmup_steps=0,
                 zo_steps=0,
                 skipped_steps=0,
+                zo_start_loss=math.inf,
+                zo_rate=float(config.learning_rate),
+                anchor_x=np.zeros(0),
+                anchor_loss=math.inf,
+                anchor_grad=np.zeros(0),
+                anchor_rejections=0,
                 best_val=-math.inf,
                 stale_evals=0,
                 best_loss=math.inf,
@@ -222,9 +267,13 @@ def sharpzo(config: SharpZOConfig, dim: int) -> Optimizer:
         )
 
     def step_directions(state: SharpZOState) -> np.ndarray:
-        return masked_directions(
-            state.seed, state.zo_steps, config.directions, state.mask, d, STREAM_RGE
-        )
+        u = masked_directions(state.seed, state.zo_steps, config.directions, None, d, STREAM_RGE)
+        if config.shaped_directions:
+            # u ~ N(0, C) of the warm-up's covariance, scaled to trace d (E‖u‖² stays d): the
+            # estimate is then of C·∇L, a gradient preconditioned by what stage 1 learned.
+            scales = state.cma.scales * math.sqrt(d / float(np.sum(state.cma.scales**2)))
+            u = u * scales if cma_cfg.diagonal else (u * scales) @ state.cma.basis.T
+        return u * state.mask
 
     def ask(state: SharpZOState) -> np.ndarray:
         """Every row lies inside the box bounds, the perturbed and probing ones included."""
@@ -328,10 +377,36 @@ def sharpzo(config: SharpZOConfig, dim: int) -> Optimizer:
             mask = z_pruning_mask(state.x, grad, config.keep_fraction, config.mask_keep)
             fields.update(mask=mask, phase=PHASE_RUN)
         else:
-            x, _, skipped = zo_step(
-                state.x, losses, config.smoothing, config.learning_rate, step_directions(state)
-            )
+            loss = centre_loss(losses)
+            start = state.zo_start_loss if state.zo_steps else loss
+            if config.step_rule == "line-search":
+                anchor = None
+                if state.anchor_x.size:
+                    anchor = Anchor(
+                        state.anchor_x,
+                        state.anchor_loss,
+                        state.anchor_grad,
+                        state.anchor_rejections,
+                    )
+                x, anchor, rate, accepted = line_search_step(
+                    state.x, losses, config.smoothing, step_directions(state), anchor,
+                    state.zo_rate if anchor is not None else config.learning_rate, config.grow, config.shrink,
+                )  # fmt: skip
+                skipped = not accepted
+                fields.update(
+                    zo_rate=rate,
+                    anchor_x=anchor.x,
+                    anchor_loss=anchor.loss,
+                    anchor_grad=anchor.grad,
+                    anchor_rejections=anchor.rejections,
+                )
+            else:
+                check_not_diverging(loss, start, config.learning_rate)
+                x, _, skipped = zo_step(
+                    state.x, losses, config.smoothing, config.learning_rate, step_directions(state)
+                )
             x = clip_to_bounds(cma_cfg, x)  # projected ZO-SGD: the iterate stays in the box
+            fields.update(zo_start_loss=start)
             zo_steps = state.zo_steps + 1
             refresh = masked and zo_steps % config.mask_interval == 0
             fields.update(
@@ -362,6 +437,9 @@ def sharpzo(config: SharpZOConfig, dim: int) -> Optimizer:
         return freeze(new), info
 
     def params(state: SharpZOState) -> np.ndarray:
-        return clip_to_bounds(cma_cfg, state.cma.mean) if state.stage == STAGE_WARMUP else state.x
+        if state.stage == STAGE_WARMUP:
+            return clip_to_bounds(cma_cfg, state.cma.mean)
+        # with the line search, x is an untried point; the anchor is the last one that improved
+        return state.anchor_x if state.anchor_x.size else state.x
 
     return Optimizer(name="sharpzo", config=config, init=init, ask=ask, tell=tell, params=params)

@@ -83,6 +83,64 @@ def zo_step(
     return x - learning_rate * grad, skipped, False
 
 
+class Anchor(NamedTuple):
+    """The last accepted point of a line-searched stage 2: where it is, its loss, its ĝ, and how
+    many trial points since then were rejected."""
+
+    x: np.ndarray
+    loss: float
+    grad: np.ndarray
+    rejections: int
+
+
+#: Rejected trial points in a row before the search re-measures the anchor along a new direction.
+MAX_REJECTIONS = 2
+
+
+def centre_loss(losses: np.ndarray) -> float:
+    """L(x) + O(µ²) for free: the mean of the finite (L+ + L−)/2 pairs (inf if none is finite)."""
+    q = losses.shape[0] // 2
+    pairs = (losses[:q] + losses[q:]) / 2
+    pairs = pairs[np.isfinite(pairs)]
+    return float(pairs.mean()) if pairs.size else math.inf
+
+
+def line_search_step(
+    x: np.ndarray,
+    losses: np.ndarray,
+    smoothing: float,
+    directions: np.ndarray,
+    anchor: Anchor | None,
+    learning_rate: float,
+    grow: float,
+    shrink: float,
+) -> tuple[np.ndarray, Anchor, float, bool]:
+    """A backtracking ZO step that adapts η to the measured gradient scale.
+
+    The probes at x ± µ·u measure L(x) as well as the slope. If x is worse than the anchor (the
+    last accepted point), x is rejected: η shrinks and the next trial point is taken from the
+    anchor along the anchor's own ĝ, with no new direction spent. Otherwise x becomes the anchor,
+    η grows, and the next trial point is x − η·ĝ(x). The centre loss carries a curvature term
+    µ²·uᵀHu/2 that changes with u, so near a minimum a good point can look worse than the anchor:
+    after MAX_REJECTIONS the anchor itself is the next trial point and is accepted as measured.
+    Returns (next trial point, anchor, η, accepted).
+    """
+    loss = centre_loss(losses)
+    if anchor is not None and not loss <= anchor.loss:
+        rate = learning_rate * shrink
+        if anchor.rejections + 1 >= MAX_REJECTIONS:
+            return anchor.x, Anchor(anchor.x, math.inf, anchor.grad, 0), rate, False
+        return (
+            anchor.x - rate * anchor.grad,
+            anchor._replace(rejections=anchor.rejections + 1),
+            rate,
+            False,
+        )
+    grad, _ = rge_gradient(losses, smoothing, directions)
+    rate = learning_rate if anchor is None else learning_rate * grow
+    return x - rate * grad, Anchor(x, loss, grad, 0), rate, True
+
+
 def zo_sgd(config: ZOConfig, dim: int) -> Optimizer:
     """Dense two-point RGE ZO-SGD (the MeZO-style baseline): a step costs 2q queries."""
     d = check_dim(dim)
