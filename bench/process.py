@@ -27,6 +27,7 @@ CHILD_KINDS = {
     "speed": ("edge_tune_bench.speed", "run_speed"),
     "reference": ("edge_tune_bench.speed", "reference_speed"),
     "memory": ("edge_tune_bench.memory", "memory_case"),
+    "streaming": ("edge_tune_bench.streaming", "streaming_case"),
 }
 
 

@@ -22,10 +22,11 @@ import numpy as np
 from edge_tune.atomic import atomic_save_npz
 from edge_tune.checkpoint import load_npz
 from edge_tune.errors import BundleError, CheckpointError, DataError
+from edge_tune.features import DEFAULT_BATCH_SIZE as BATCH_SIZE  # one batch's memory at a time
+from edge_tune.prompts import DEFAULT_TEMPLATE
 
 CLASSIFIER_FORMAT = 2
 READABLE_FORMATS = (1, 2)
-BATCH_SIZE = 32  # images per image-graph run: bounded memory, still batched
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,43 @@ class Classifier:
             threads=threads,
         )
 
+    @classmethod
+    def zero_shot(
+        cls,
+        bundle,
+        classnames: Sequence[str],
+        templates: Sequence[str] = (DEFAULT_TEMPLATE,),
+        *,
+        provider: str = "auto",
+        threads: int | None = None,
+    ) -> Classifier:
+        """CLIP zero-shot: class features of the templates (an ensemble when several), no fit."""
+        from edge_tune.bundle import Bundle, open_bundle
+        from edge_tune.objective import template_class_features
+        from edge_tune.prompts import check_template
+
+        names = [str(name).strip() for name in classnames]
+        if len(names) < 2 or any(not name for name in names) or len(set(names)) < len(names):
+            raise DataError(
+                f"zero-shot needs two or more distinct, non-empty labels, got {names[:6]}",
+                hint='Pass e.g. --labels "cat,dog,bird" (or a file with one label per line)',
+            )
+        for template in templates:
+            check_template(template)
+        bundle = bundle if isinstance(bundle, Bundle) else open_bundle(bundle)
+        session = bundle.text_session(provider, threads)
+        features = template_class_features(bundle, session, names, list(templates))
+        return cls(
+            classnames=names,
+            class_features=features,
+            logit_scale=float(bundle.logit_scale),
+            bundle_hash=bundle.bundle_hash,
+            name="zero-shot",
+            bundle=bundle,
+            provider=provider,
+            threads=threads,
+        )
+
     # -- prediction ----------------------------------------------------------------------------
 
     def _image_session(self):
@@ -225,7 +263,15 @@ class Classifier:
         from edge_tune.data import file_problem
         from edge_tune.preprocess import preprocess_image
 
-        readable, pixels, skipped = [], [], []
+        predictions, skipped = [], []
+        readable, pixels = [], []  # one batch at a time: memory holds a batch, not the folder
+
+        def run_batch() -> None:
+            rows = self.probabilities_from_features(self._run_image_graph(pixels))
+            predictions.extend(self._prediction(n, row, top_k) for n, row in zip(readable, rows))
+            readable.clear()
+            pixels.clear()
+
         for path in paths:
             problem = file_problem(Path(path))  # the files `fit` accepts, none opened before this
             if problem is not None:
@@ -237,11 +283,11 @@ class Classifier:
                 skipped.append((str(path), err.message))
             else:
                 readable.append(str(path))
-        probabilities = self.probabilities_from_features(self._run_image_graph(pixels))
-        return (
-            [self._prediction(name, row, top_k) for name, row in zip(readable, probabilities)],
-            skipped,
-        )
+            if len(pixels) == BATCH_SIZE:
+                run_batch()
+        if pixels:
+            run_batch()
+        return predictions, skipped
 
     def _prediction(self, source: str, row: np.ndarray, top_k: int) -> Prediction:
         order = np.argsort(-row, kind="stable")[: max(1, top_k)]
@@ -279,6 +325,27 @@ def _name(image) -> str:
         if isinstance(image, (str, Path))
         else getattr(image, "filename", "") or "<image>"
     )
+
+
+def read_labels(value: str) -> list[str]:
+    """Class names from `--labels`: a file with one per line (blank and `#` lines skipped), or a
+    comma-separated list."""
+    path = Path(value)
+    if path.is_file():
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise DataError(
+                f"cannot read the labels file: {err}",
+                path=path,
+                hint="Give a UTF-8 text file with one class name per line",
+            ) from None
+        return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    if "," not in value and (path.suffix or "/" in value):
+        raise DataError(
+            "no such labels file", path=path, hint='Check the path, or pass --labels "cat,dog"'
+        )
+    return [part.strip() for part in value.split(",")]
 
 
 def collect_images(paths: Iterable[str | Path]) -> list[Path]:

@@ -237,9 +237,10 @@ def info_command(bundle_dir, provider, threads, as_json) -> None:
 )
 @click.option(
     "--template",
-    default=DEFAULT_TEMPLATE,
-    show_default=True,
-    help="Zero-shot prompt; {} is replaced by the class name.",
+    "templates",
+    multiple=True,
+    help="Zero-shot prompt; {} is replaced by the class name. Repeat it for an ensemble (the "
+    f"class features averaged) [{DEFAULT_TEMPLATE}].",
 )
 @click.option(
     "--prompt",
@@ -271,7 +272,7 @@ def info_command(bundle_dir, provider, threads, as_json) -> None:
 def eval_command(
     bundle_dir,
     data_dir,
-    template,
+    templates,
     prompt_path,
     run_path,
     split_json,
@@ -287,6 +288,7 @@ def eval_command(
     Examples:
       edge-tune eval --bundle B --data ./test
       edge-tune eval --bundle B --data ./test --template "a blurry photo of a {}."
+      edge-tune eval --data ./test --template "a photo of a {}." --template "a sketch of a {}."
       edge-tune eval --bundle B --data ./test --prompt runs/pets --json
       edge-tune eval --bundle B --data ./test --run runs/pets
       edge-tune eval --bundle B --data ./oxford_pets/images --split split_zhou_OxfordPets.json
@@ -309,7 +311,7 @@ def eval_command(
     result = evaluate_dataset(
         bundle,
         dataset,
-        template=template,
+        template=list(templates) or DEFAULT_TEMPLATE,
         prompt=prompt_path,
         run=run_path,
         cache_dir=cache_dir,
@@ -326,6 +328,8 @@ def eval_command(
         else f"run {result['run']}: {result['shipped']}"
         if "run" in result
         else f"template {result['template']!r}"
+        if isinstance(result["template"], str)
+        else f"ensemble of {len(result['template'])} templates"
     )
     click.echo(
         f"accuracy {100 * result['accuracy']:.1f}% ({result['correct']}/{result['images']} "
@@ -584,25 +588,57 @@ def _setup_stops_cleanly():
 
 
 @cli.command()
-@click.argument("run", type=click.Path(path_type=Path))
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument(
+    "paths", nargs=-1, required=True, metavar="[RUN] IMAGES...", type=click.Path(path_type=Path)
+)
+@click.option(
+    "--labels",
+    help="Zero-shot, no fit: the class names, comma-separated, or a file with one per line. "
+    "Every path is then an image or a folder of images.",
+)
+@click.option(
+    "--template",
+    "templates",
+    multiple=True,
+    help=f"With --labels: the prompt, {{}} for the label; repeat it for an ensemble "
+    f"[{DEFAULT_TEMPLATE}].",
+)
 @click.option("--top-k", type=click.IntRange(1), default=3, show_default=True)
-@bundle_option(help="Bundle the run was tuned with [the one recorded in RUN/result.json].")
+@bundle_option(
+    help="Bundle the run was tuned with [the one recorded in RUN/result.json]; with --labels "
+    "[$EDGE_TUNE_BUNDLE, else the shipped mini-world bundle]."
+)
 @provider_option()
 @threads_option()
 @json_option()
-def predict(run, images, top_k, bundle, provider, threads, as_json) -> None:
-    """Classify images with a tuned run: the image graph and one matmul.
+def predict(paths, labels, templates, top_k, bundle, provider, threads, as_json) -> None:
+    """Classify images with a tuned run (the image graph and one matmul), or zero-shot.
 
     \b
     Examples:
       edge-tune predict runs/pets photo.jpg
       edge-tune predict runs/pets ./new-photos --top-k 5 --json
+      edge-tune predict --bundle B --labels "cat,dog,bird" ./photos
+      edge-tune predict --labels labels.txt --template "a photo of a {}." \\
+          --template "a close-up photo of a {}." ./photos
     """
-    from edge_tune.classifier import Classifier, collect_images
+    from edge_tune.classifier import Classifier, collect_images, read_labels
     from edge_tune.errors import DataError
+    from edge_tune.fit import resolve_bundle
 
-    classifier = Classifier.load(run, bundle=bundle, provider=provider, threads=threads)
+    if labels is None:
+        if templates:
+            raise click.UsageError("--template goes with --labels: a run carries its own prompt")
+        if len(paths) < 2:
+            raise click.UsageError("give RUN and at least one image, or --labels for zero-shot")
+        run, images = paths[0], paths[1:]
+        classifier = Classifier.load(run, bundle=bundle, provider=provider, threads=threads)
+    else:
+        images = paths
+        classifier = Classifier.zero_shot(
+            resolve_bundle(bundle), read_labels(labels), templates or (DEFAULT_TEMPLATE,),
+            provider=provider, threads=threads,
+        )  # fmt: skip
     predictions, skipped = classifier.predict_files(collect_images(images), top_k=top_k)
     for path, reason in skipped:
         click.echo(f"skipped {path}: {reason}", err=True)

@@ -10,6 +10,8 @@ to float32 at the ORT boundary (`PromptSpace.prompt_rows`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from edge_tune.encoders import DEFAULT_MEMORY_CAP, rows_per_run
@@ -123,27 +125,38 @@ def template_class_features(
     bundle,
     session,
     classnames,
-    template: str = DEFAULT_TEMPLATE,
+    template: str | Sequence[str] = DEFAULT_TEMPLATE,
     *,
     memory_cap: int = DEFAULT_MEMORY_CAP,
 ) -> np.ndarray:
-    """f32[K, P] class features of a hand-written template (zero-shot CLIP), in capped runs."""
+    """f32[K, P] class features of a hand-written template (zero-shot CLIP), in capped runs.
+
+    Several templates make an ensemble, as CLIP's own ImageNet recipe does: each template's
+    normalised features, averaged per class and normalised again."""
     from edge_tune.prompts import template_prompts
 
-    embeds, eot_index = template_prompts(bundle, classnames, template)
-    size = rows_per_run(embeds.shape[1], embeds.shape[2], memory_cap=memory_cap)
-    parts = [
-        session.run({"prompt_embeds": embeds[i : i + size], "eot_index": eot_index[i : i + size]})
-        for i in range(0, len(embeds), size)
-    ]
-    return np.concatenate([np.asarray(p, dtype=np.float32) for p in parts])
+    templates = [template] if isinstance(template, str) else list(template)
+    per_template = []
+    for text in templates:
+        embeds, eot_index = template_prompts(bundle, classnames, text)
+        size = rows_per_run(embeds.shape[1], embeds.shape[2], memory_cap=memory_cap)
+        parts = [
+            session.run(
+                {"prompt_embeds": embeds[i : i + size], "eot_index": eot_index[i : i + size]}
+            )
+            for i in range(0, len(embeds), size)
+        ]
+        per_template.append(np.concatenate([np.asarray(p, dtype=np.float32) for p in parts]))
+    if len(per_template) == 1:
+        return per_template[0]
+    return ensemble(per_template).astype(np.float32)
 
 
 def evaluate_dataset(
     bundle,
     dataset,
     *,
-    template: str = DEFAULT_TEMPLATE,
+    template: str | Sequence[str] = DEFAULT_TEMPLATE,
     prompt=None,
     run=None,
     cache_dir=None,
@@ -165,8 +178,10 @@ def evaluate_dataset(
     from edge_tune.prompts import PromptSpace, check_template, load_prompt
     from edge_tune.select import loss_and_accuracy
 
-    # check the template, prompt or classifier before spending time on images
-    check_template(template)
+    # check the templates, prompt or classifier before spending time on images
+    templates = [template] if isinstance(template, str) else list(template)
+    for text in templates:
+        check_template(text)
     if prompt is not None:
         W, spec, trained_classes = load_prompt(prompt, bundle)
         what = {"prompt": str(prompt)}
@@ -191,8 +206,8 @@ def evaluate_dataset(
     else:
         if prompt is None:
             session = bundle.text_session(provider, threads)
-            class_features = template_class_features(bundle, session, dataset.classnames, template)
-            what = {"template": template}
+            class_features = template_class_features(bundle, session, dataset.classnames, templates)
+            what = {"template": templates[0] if len(templates) == 1 else templates}
         else:  # scored as `fit` scored it (text_shared.onnx when the bundle has it)
             space = PromptSpace.from_spec(bundle, dataset.classnames, spec)
             encoder = text_encoder(bundle, space, provider=provider, threads=threads)

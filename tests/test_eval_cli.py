@@ -198,3 +198,79 @@ def test_errors_are_one_line(bundle, data_dir, tmp_path, capsys):
         ["eval", "--bundle", bundle.path, "--data", data_dir, "--template", "no slot"], capsys
     )
     assert code == 1 and "template 'no slot' must contain '{}' exactly once" in err
+
+
+def reference_text(bundle, template):
+    table = np.asarray(bundle.token_embedding())
+    tokenizer, session = bundle.tokenizer(), bundle.text_session("cpu", 1)
+    rows = []
+    for name in CLASSES:
+        ids = list(tokenizer.encode(template.format(name)))
+        eot = np.array([len(ids) - 1], dtype=np.int64)
+        rows.append(
+            session.run({"prompt_embeds": table[ids][None].astype(np.float32), "eot_index": eot})[0]
+        )
+    return np.array(rows, dtype=np.float64)
+
+
+TEMPLATES = ["a photo of a {}.", "a sketch of the {}.", "itap of a {}."]
+
+
+def test_repeated_templates_are_an_ensemble_of_normalised_features(
+    bundle, data_dir, tmp_path, capsys
+):
+    # CLIP's recipe: each template's unit features, averaged per class, normalised again
+    texts = [reference_text(bundle, template) for template in TEMPLATES]
+    mean = sum(t / np.linalg.norm(t, axis=1, keepdims=True) for t in texts)
+    text = mean / np.linalg.norm(mean, axis=1, keepdims=True)
+    features, labels = reference_features(bundle, data_dir)
+    logits = bundle.logit_scale * features @ text.T
+    expected = float(np.mean(np.argmax(logits, axis=1) == labels))
+    args = ["eval", "--bundle", bundle.path, "--data", data_dir, "--cache-dir", tmp_path / "c"]
+    for template in TEMPLATES:
+        args += ["--template", template]
+    code, out, err = run([*args, "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["template"] == TEMPLATES and result["accuracy"] == expected
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    loss = float(np.mean(np.log(np.exp(shifted).sum(axis=1)) - shifted[np.arange(7), labels]))
+    assert abs(result["loss"] - loss) < 1e-5
+    code, out, _ = run(args, capsys)
+    assert code == 0 and "3 classes, ensemble of 3 templates); mean cross-entropy" in out
+
+
+def test_zero_shot_predict_without_a_fit_agrees_with_eval(bundle, data_dir, tmp_path, capsys):
+    labels_file = tmp_path / "labels.txt"
+    labels_file.write_text("# the classes, in any order\ncat\n\nspace rocket\nstreet scene\n")
+    for labels in (",".join(CLASSES), str(labels_file)):
+        args = ["predict", "--bundle", bundle.path, "--labels", labels, data_dir, "--json"]
+        for template in TEMPLATES[:2]:
+            args += ["--template", template]
+        code, out, err = run(args, capsys)
+        assert code == 0, err
+        rows = json.loads(out)["predictions"]
+        folder_class = {folder: CLASSES[i] for i, folder in enumerate(LAYOUT)}
+        correct = sum(row["label"] == folder_class[Path(row["image"]).parent.name] for row in rows)
+        args = ["eval", "--bundle", bundle.path, "--data", data_dir, "--json"]
+        code, out, _ = run([*args, "--template", TEMPLATES[0], "--template", TEMPLATES[1]], capsys)
+        assert len(rows) == 7 and correct == json.loads(out)["correct"]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (
+            ["--labels", "cat"],
+            "zero-shot needs two or more distinct, non-empty labels, got ['cat']",
+        ),
+        (["--labels", "cat,,dog"], "zero-shot needs two or more distinct, non-empty labels"),
+        (["--labels", "cat,cat"], "zero-shot needs two or more distinct, non-empty labels"),
+        (["--labels", "missing/labels.txt"], "labels.txt: no such labels file. Check the path"),
+        (["--labels", "cat,dog", "--template", "a {} of {}"], "must contain '{}' exactly once"),
+        (["--template", "a {}."], "--template goes with --labels: a run carries its own prompt"),
+    ],
+)
+def test_zero_shot_predict_refuses_bad_labels_in_one_line(bundle, data_dir, extra, message, capsys):
+    code, out, err = run(["predict", "--bundle", bundle.path, *extra, data_dir / "cat"], capsys)
+    assert code != 0 and message in err and "Traceback" not in err and out == ""

@@ -79,7 +79,8 @@ def test_batches_are_bounded_and_do_not_change_features(bundle, shots, tmp_path)
     by_one = one.encode_paths(paths)
     by_three = three.encode_paths(paths, progress=lambda done, total: seen.append((done, total)))
     assert (one.image_graph_runs, three.image_graph_runs) == (6, 2)
-    assert seen == [(0, 6), (3, 6), (6, 6)]
+    # progress counts paths handled (7, one a duplicate), after each batch of 3 misses and at the end
+    assert seen == [(0, 7), (3, 7), (6, 7), (7, 7)]
     np.testing.assert_allclose(by_three, by_one, rtol=0, atol=1e-6)
 
 
@@ -131,3 +132,19 @@ class OtherHash:
 
     def __getattr__(self, name):
         return getattr(self._bundle, name)
+
+
+def test_misses_are_encoded_as_they_are_read_one_batch_in_memory(bundle, shots, monkeypatch):
+    # 120 phone photos once held 1.1 GB: every miss was read before the first batch ran
+    import edge_tune.features as features_module
+
+    events = []
+    read = features_module._read_bytes
+    monkeypatch.setattr(features_module, "_read_bytes", lambda p: events.append("read") or read(p))
+    extractor = FeatureExtractor(bundle, batch_size=2, use_cache=False)
+    run = extractor._run
+    monkeypatch.setattr(extractor, "_run", lambda pixels: events.append("run") or run(pixels))
+    extractor.encode_paths([s.path for s in load_shots(shots).samples])
+    reads_between_runs = "".join("." if e == "read" else "|" for e in events).split("|")
+    held = max(len(chunk) for chunk in reads_between_runs)
+    assert events.count("run") == 3 and held <= 2 + 1  # a batch, and the duplicate read beside it

@@ -93,3 +93,19 @@ def test_predict_refuses_another_bundle_and_empty_input(
         "Error: no images to classify among the given paths. "
         "Pass image files (jpg, png, webp, bmp) or folders holding them"
     )
+
+
+def test_predict_holds_one_batch_of_pixels_not_the_folder(run_and_eval, monkeypatch):
+    # 2,000 images held 1.2 GB of pixels before the first inference when all were decoded first
+    import edge_tune.preprocess as preprocess
+    from edge_tune.classifier import BATCH_SIZE, Classifier, collect_images
+
+    run, evaluation = run_and_eval
+    classifier = Classifier.load(run)
+    events = []
+    decode, graph = preprocess.preprocess_image, classifier._run_image_graph
+    monkeypatch.setattr(preprocess, "preprocess_image", lambda *a: events.append(".") or decode(*a))
+    monkeypatch.setattr(classifier, "_run_image_graph", lambda p: events.append("|") or graph(p))
+    predictions, _ = classifier.predict_files(collect_images([evaluation]))
+    assert len(predictions) == 32 and events.count("|") == 32 // BATCH_SIZE
+    assert max(len(chunk) for chunk in "".join(events).split("|")) == BATCH_SIZE
