@@ -150,21 +150,23 @@ def export_command(
             "--gate-data/--gate-prompt/--no-gate apply only with --quantize or --fp16",
             hint="add --quantize int8 or --fp16, or drop the gate options",
         )
-    export_bundle(
-        model,
-        out,
-        source_dir=source_dir,
-        provider=provider,
-        opset=opset,
-        token_table=token_table,
-        shared_prefix=shared_prefix,
-        quantize=mode,
-        gate_data=gate_data,
-        gate_prompt=gate_prompt,
-        no_gate=no_gate,
-        max_drop_points=max_drop,
-        echo=lambda line: click.echo(line, err=True),
-    )
+    stopped = "Stopped ({signal}); the unfinished export was removed: run the command again."
+    with _stops_cleanly(stopped):
+        export_bundle(
+            model,
+            out,
+            source_dir=source_dir,
+            provider=provider,
+            opset=opset,
+            token_table=token_table,
+            shared_prefix=shared_prefix,
+            quantize=mode,
+            gate_data=gate_data,
+            gate_prompt=gate_prompt,
+            no_gate=no_gate,
+            max_drop_points=max_drop,
+            echo=lambda line: click.echo(line, err=True),
+        )
     click.echo(str(out))
 
 
@@ -565,9 +567,9 @@ def fit(
 
 
 @contextlib.contextmanager
-def _setup_stops_cleanly():
-    """Ctrl-C or SIGTERM while fit encodes images (before its first checkpoint): one line that
-    says what to do, exit 128 + signal. The features encoded so far are in the cache already."""
+def _stops_cleanly(message: str):
+    """Ctrl-C or SIGTERM (systemd, docker, timeout): the work unwinds as from a KeyboardInterrupt,
+    so its own cleanup runs, then `message` (with {signal}) in one line and exit 128 + signal."""
 
     def terminate(signum, frame):
         raise KeyboardInterrupt(signum)
@@ -577,14 +579,18 @@ def _setup_stops_cleanly():
         yield
     except KeyboardInterrupt as stop:
         signum = stop.args[0] if stop.args else signal.SIGINT
-        click.echo(
-            f"\nStopped before tuning began ({signal.Signals(signum).name}); the images "
-            "encoded so far are cached: run the same command again to go on.",
-            err=True,
-        )
+        click.echo("\n" + message.format(signal=signal.Signals(signum).name), err=True)
         sys.exit(128 + signum)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _setup_stops_cleanly():
+    """While fit encodes images (before its first checkpoint): the features so far are cached."""
+    return _stops_cleanly(
+        "Stopped before tuning began ({signal}); the images encoded so far are cached: run the "
+        "same command again to go on."
+    )
 
 
 @cli.command()

@@ -168,7 +168,6 @@ def _export_quantized(
 ) -> dict:
     """fp32 export to a hidden staging folder -> quantise + gate -> atomic swap into `out`."""
     import json
-    import tempfile
 
     from edge_tune_export import quantize as quantize_module
     from edge_tune_export import write_bundle
@@ -194,8 +193,7 @@ def _export_quantized(
     quantize_module.resolve_gate(
         provisional, gate_data=gate_data, gate_prompt=gate_prompt, no_gate=no_gate, mode=mode
     )  # fail before the slow part; resolved again on the manifest
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.{mode}-", dir=out.parent))
+    work = write_bundle.scratch_dir(out, mode)
     try:
         fp32_dir = work / "fp32"
         fp32_manifest = export_bundle(

@@ -1,7 +1,10 @@
 """Load a Hugging Face `CLIPModel` and what the bundle needs beside it (tokenizer file, preprocessing).
 
-Three sources: a registry `random` entry (seeded, built from its config), a hub id (only where the hub
-is reachable), or `--source DIR`, a `save_pretrained` directory. Every failure is a one-line ExportError.
+Three sources: a registry `random` entry (seeded, built from its config), a hub id (a registry
+alias or any "org/name"; from the hub where it is reachable, else from the local Hugging Face cache),
+or `--source DIR`, a `save_pretrained` directory (a hub snapshot is one). Weights load in float32
+whatever dtype they were saved in: an fp16 graph is a deliberate `--fp16`. Every failure is a
+one-line ExportError.
 """
 
 from __future__ import annotations
@@ -57,6 +60,15 @@ def default_preprocess(image_size: int) -> dict:
     }
 
 
+def _float32() -> dict:
+    """`from_pretrained` keywords that load float32 weights whatever was saved. fp16-saved
+    checkpoints (many community fine-tunes) otherwise load as fp16, and parity then dies in ONNX
+    Runtime ("LayerNormalization bound to different types")."""
+    import torch
+
+    return {"dtype": torch.float32}  # the keyword since transformers 4.56, pyproject's floor
+
+
 def _eager(model):
     """Plain attention math: exports to ordinary ONNX ops on every torch version."""
     if hasattr(model, "set_attn_implementation"):
@@ -71,6 +83,14 @@ def _from_dir(name: str, root: Path) -> LoadedModel:
     hint = "pass a directory written by CLIPModel.save_pretrained (config.json + weights)"
     if not root.is_dir():
         raise ExportError("--source directory does not exist", path=root, hint=hint)
+    snapshots = sorted(p.name for p in (root / "snapshots").glob("*") if p.is_dir())
+    if not config_file.exists() and snapshots:
+        raise ExportError(
+            "this is a Hugging Face cache folder, not a checkpoint",
+            path=root,
+            hint=f"pass one of its snapshots: --source {root / 'snapshots' / snapshots[-1]}"
+            + (f" (it has {len(snapshots)}: {', '.join(snapshots)})" if len(snapshots) > 1 else ""),
+        )
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -86,7 +106,7 @@ def _from_dir(name: str, root: Path) -> LoadedModel:
     from transformers import CLIPModel
 
     try:
-        model = CLIPModel.from_pretrained(str(root), local_files_only=True)
+        model = CLIPModel.from_pretrained(str(root), local_files_only=True, **_float32())
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ExportError(f"cannot load the CLIP weights ({first})", path=root, hint=hint) from None
@@ -103,7 +123,7 @@ def _from_hub(name: str, hub_id: str) -> LoadedModel:
     from transformers import CLIPModel
 
     try:
-        model = CLIPModel.from_pretrained(hub_id)
+        model = CLIPModel.from_pretrained(hub_id, **_float32())
         from huggingface_hub import snapshot_download
 
         snapshot = Path(snapshot_download(hub_id, allow_patterns=["*.json", "*.txt"]))

@@ -33,7 +33,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ import numpy as np
 from edge_tune.atomic import atomic_write_json
 from edge_tune.bundle import sha256_file
 from edge_tune.errors import ExportError
+from edge_tune_export import write_bundle
 
 MODES = ("int8", "fp16")
 GRAPHS = ("text.onnx", "image.onnx")
@@ -228,8 +228,7 @@ def quantize_bundle(
         raise ExportError(
             "the output directory is not empty", path=out, hint="choose a new --out or remove it"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    staging = write_bundle.scratch_dir(out, "quantize")
     try:
         bundle_dir = staging / "bundle"
         bundle_dir.mkdir()

@@ -36,14 +36,25 @@ def known_names() -> list[str]:
 
 
 def lookup(name: str) -> dict:
-    """The registry entry for `name`; an unknown name lists the known ones."""
+    """The registry entry for `name`. A name shaped like a Hugging Face id ("org/model") that the
+    registry does not list is a hub entry of its own; any other unknown name lists the known ones
+    (the registry's names are short aliases)."""
     entry = load_registry().get(name)
+    if entry is None and is_hub_id(name):
+        return {"kind": "hub", "hub_id": name}
     if entry is None:
         raise ExportError(
             f"unknown model {name!r}; known models: {', '.join(known_names())}",
-            hint="or pass --source DIR with a CLIPModel save_pretrained directory",
+            hint="or give any Hugging Face CLIP id (org/name), or --source DIR with a "
+            "CLIPModel save_pretrained directory",
         )
     return entry
+
+
+def is_hub_id(name: str) -> bool:
+    """'org/name' with no path parts beyond that (what the hub's repository ids look like)."""
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "~"))
 
 
 def clip_config(entry: dict):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -56,10 +57,40 @@ def bundle_identity(manifest: dict) -> dict:
     }
 
 
-def make_staging_dir(out: Path) -> Path:
-    """A hidden temp dir in --out's parent, so the final rename stays on one filesystem."""
+def scratch_dir(out: Path, kind: str) -> Path:
+    """A hidden work dir in --out's parent (so the final rename stays on one filesystem), named
+    `.OUT.KIND-PID-XXXX`. An export killed beyond Python's reach (SIGKILL, power loss) leaves one;
+    the next export beside it removes those whose process is gone (`remove_stale`)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    remove_stale(out)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.{kind}-{os.getpid()}-", dir=out.parent))
+
+
+def remove_stale(out: Path) -> list[Path]:
+    """Remove the work dirs of exports to `out` whose process has ended; returns what went."""
+    pattern = re.compile(rf"^\.{re.escape(out.name)}\.[a-z0-9]+-(\d+)-[^/]+$")
+    removed = []
+    for path in out.parent.glob(f".{out.name}.*"):
+        match = pattern.match(path.name)
+        if match and path.is_dir() and not _alive(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def make_staging_dir(out: Path) -> Path:
+    """The directory a bundle is assembled in; readable by all as a bundle is meant to be."""
+    staging = scratch_dir(out, "partial")
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes 0700; a bundle is meant to be shared
@@ -79,7 +110,7 @@ def finish_bundle(staging: Path, out: Path, manifest: dict) -> Path:
     check_target(out, bundle_identity(manifest))
     old = None
     if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        old = scratch_dir(out, "old")
         os.replace(out, old / "bundle")
     os.replace(staging, out)
     fsync_dir(out.parent)
@@ -94,5 +125,7 @@ __all__ = [
     "check_target",
     "finish_bundle",
     "make_staging_dir",
+    "remove_stale",
+    "scratch_dir",
     "sha256_file",
 ]

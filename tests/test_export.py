@@ -121,3 +121,93 @@ def test_b16_random_exports_and_passes_parity(tmp_path):
     full, short = ort_text(bundle, ids, eot), ort_text(bundle, ids[:, : int(eot.max()) + 1], eot)
     assert np.abs(full - short).max() <= 1e-6
     print(f"b16-random export seconds: {manifest['exporter']['seconds']}", file=sys.stderr)
+
+
+def _hub_cache(root, repo, model):
+    """A Hugging Face cache holding `repo` at one snapshot, as `from_pretrained` leaves it."""
+    folder = root / "hub" / f"models--{repo.replace('/', '--')}"
+    snapshot = folder / "snapshots" / "0123abcd"
+    model.save_pretrained(snapshot)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text("0123abcd")
+    return folder
+
+
+def test_any_hub_id_exports_from_the_local_cache_with_fp16_weights(tmp_path, monkeypatch):
+    # "unknown model" before for any id outside the registry; fp16-saved weights loaded as fp16
+    # and parity died in ORT ("LayerNormalization bound to different types")
+    config = registry.clip_config(registry.lookup("tiny-random"))
+    torch.manual_seed(3)
+    model = transformers.CLIPModel(config).eval()
+    _hub_cache(tmp_path / "hf", "someone/tiny-clip-fp16", model.half())
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "bundle"
+    done = export_in_subprocess("someone/tiny-clip-fp16", out, "--no-shared-prefix")
+    assert done.returncode == 0, done.stderr
+    bundle = open_bundle(out)
+    assert bundle.manifest["model"] == {
+        "name": "someone/tiny-clip-fp16",
+        "source": "hf:someone/tiny-clip-fp16",
+    }
+    assert bundle.manifest["parity"]["text_max_abs_diff"] <= 1e-5
+    reference = model.float()  # the fp16-rounded weights, in float32: what the bundle holds
+    ids, eot = tokenise(bundle, PROMPTS, 77)
+    assert np.abs(ort_text(bundle, ids, eot) - torch_text(reference, ids)).max() <= 1e-5
+
+
+def test_a_bare_hub_cache_folder_points_to_its_snapshot(tmp_path):
+    config = registry.clip_config(registry.lookup("tiny-random"))
+    folder = _hub_cache(tmp_path, "openai/clip-vit-base-patch16", transformers.CLIPModel(config))
+    done = export_in_subprocess("clip-vit-b16", tmp_path / "out", "--source", str(folder))
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        f"Error: {folder}: this is a Hugging Face cache folder, not a checkpoint. Pass one of its "
+        f"snapshots: --source {folder / 'snapshots' / '0123abcd'}"
+    )
+
+
+def test_a_killed_export_leaves_no_hidden_folder(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    from conftest import REPO
+
+    out = tmp_path / "bundle"
+    command = [sys.executable, "-m", "edge_tune", "export", "tiny-random", "--out", str(out)]
+    child = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 300
+    while not list(tmp_path.glob(".bundle.partial-*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(tmp_path.glob(".bundle.partial-*")), "the export never started its staging folder"
+    child.send_signal(signal.SIGTERM)  # systemd, docker stop, timeout
+    _, err = child.communicate(timeout=300)
+    assert child.returncode == 128 + signal.SIGTERM
+    assert err.strip().splitlines()[-1] == (
+        "Stopped (SIGTERM); the unfinished export was removed: run the command again."
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_scratch_folders_of_exports_that_died_are_removed(tmp_path):
+    import os
+    import subprocess
+
+    from edge_tune_export.write_bundle import remove_stale, scratch_dir
+
+    out = tmp_path / "bundle"
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead = tmp_path / f".bundle.partial-{int(gone.stdout)}-x1y2"  # SIGKILLed: 328 MB left behind
+    live = tmp_path / f".bundle.int8-{os.getpid()}-z3"  # an export still running
+    other = tmp_path / ".bundle.notes"  # not an export's
+    for folder in (dead, live, other):
+        (folder / "sub").mkdir(parents=True)
+    assert remove_stale(out) == [dead]
+    fresh = scratch_dir(out, "partial")
+    assert fresh.name.startswith(f".bundle.partial-{os.getpid()}-")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name, fresh.name])
