@@ -266,14 +266,21 @@ def sharpzo(config: SharpZOConfig, dim: int) -> Optimizer:
             state.seed, state.zo_steps, config.mask_directions, None, d, STREAM_MASK
         )
 
+    last_directions: list = [None, None]  # (state, its directions): ask and the tell after it
+
     def step_directions(state: SharpZOState) -> np.ndarray:
+        if last_directions[0] is state:  # states are immutable: the same object, the same draws
+            return last_directions[1]
         u = masked_directions(state.seed, state.zo_steps, config.directions, None, d, STREAM_RGE)
         if config.shaped_directions:
             # u ~ N(0, C) of the warm-up's covariance, scaled to trace d (E‖u‖² stays d): the
             # estimate is then of C·∇L, a gradient preconditioned by what stage 1 learned.
             scales = state.cma.scales * math.sqrt(d / float(np.sum(state.cma.scales**2)))
             u = u * scales if cma_cfg.diagonal else (u * scales) @ state.cma.basis.T
-        return u * state.mask
+        u = u * state.mask
+        u.flags.writeable = False
+        last_directions[:] = [state, u]
+        return u
 
     def ask(state: SharpZOState) -> np.ndarray:
         """Every row lies inside the box bounds, the perturbed and probing ones included."""
