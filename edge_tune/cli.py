@@ -105,6 +105,7 @@ def cli() -> None:
     show_default=True,
     help="Largest accuracy drop (points) the gate accepts.",
 )
+@json_option("Print the bundle's path, model, parity and file sizes as one JSON object.")
 def export_command(
     model,
     source_dir,
@@ -119,11 +120,13 @@ def export_command(
     gate_prompt,
     no_gate,
     max_drop,
+    as_json,
 ) -> None:
     """Freeze a CLIP model into a bundle a torch-free device can tune (needs the [export] extra).
 
     \b
-    MODEL is a registry name (tiny-random, b16-random, clip-vit-b16, clip-vit-b32, clip-vit-l14);
+    MODEL is a registry name (tiny-random, b16-random, clip-vit-b16, clip-vit-b32, clip-vit-l14)
+    or any Hugging Face CLIP id (org/name: from the hub, or the local cache when offline);
     with --source DIR it names the bundle and the weights come from DIR.
     Examples:
       edge-tune export tiny-random --out bundles/tiny
@@ -152,7 +155,7 @@ def export_command(
         )
     stopped = "Stopped ({signal}); the unfinished export was removed: run the command again."
     with _stops_cleanly(stopped):
-        export_bundle(
+        manifest = export_bundle(
             model,
             out,
             source_dir=source_dir,
@@ -167,7 +170,14 @@ def export_command(
             max_drop_points=max_drop,
             echo=lambda line: click.echo(line, err=True),
         )
-    click.echo(str(out))
+    if not as_json:
+        click.echo(str(out))
+        return
+    files = {name: entry["bytes"] for name, entry in manifest["files"].items()}
+    keys = ("model", "dims", "parity", "quantization")
+    click.echo(
+        json.dumps({"bundle": str(out), **{k: manifest.get(k) for k in keys}, "files": files})
+    )
 
 
 @cli.command("info")
@@ -563,7 +573,8 @@ def fit(
         )
         sys.exit(128 + caught[0])
     result = tuner.finish()
-    click.echo(json.dumps(result) if as_json else format_summary(result, run_dir))
+    summary = json.dumps({"run_dir": str(run_dir), **result}) if as_json else None
+    click.echo(summary or format_summary(result, run_dir))
 
 
 @contextlib.contextmanager
@@ -683,17 +694,28 @@ cli.add_command(bench)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the CLI, turning user errors into one line and exit code 1."""
+    """Entry point: run the CLI, turning user errors into one line and exit code 1 (under
+    `--json`, that line is a JSON object on stderr: error, message, path, hint)."""
+    args = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    as_json = "--json" in args
+
+    def fail(text: str, code: int, **fields) -> None:
+        if as_json:
+            click.echo(json.dumps({"error": text, **fields}), err=True)
+        else:
+            click.echo(f"Error: {text}" if fields else text, err=True)
+        sys.exit(code)
+
     try:
-        cli.main(args=argv, standalone_mode=False)
+        cli.main(args=args, standalone_mode=False)
     except EdgeTuneError as err:
-        click.echo(f"Error: {err}", err=True)
-        sys.exit(1)
+        fail(str(err), 1, message=err.message, path=err.path, hint=err.hint)
     except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
-        sys.exit(130)
+        fail("Aborted.", 130)
     except click.ClickException as err:
-        err.show()
-        sys.exit(err.exit_code)
+        if not as_json:
+            err.show()
+            sys.exit(err.exit_code)
+        fail(err.format_message(), err.exit_code, usage=True)
     except click.exceptions.Exit as err:
         sys.exit(err.exit_code)

@@ -143,8 +143,18 @@ def test_any_hub_id_exports_from_the_local_cache_with_fp16_weights(tmp_path, mon
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "bundle"
-    done = export_in_subprocess("someone/tiny-clip-fp16", out, "--no-shared-prefix")
+    done = export_in_subprocess("someone/tiny-clip-fp16", out, "--no-shared-prefix", "--json")
     assert done.returncode == 0, done.stderr
+    printed = json.loads(done.stdout)  # export --json: what it wrote, in one object
+    assert (
+        printed["bundle"] == str(out) and printed["model"]["source"] == "hf:someone/tiny-clip-fp16"
+    )
+    assert sorted(printed["files"]) == [
+        "image.onnx",
+        "text.onnx",
+        "token_embedding.npy",
+        "tokenizer.json",
+    ]
     bundle = open_bundle(out)
     assert bundle.manifest["model"] == {
         "name": "someone/tiny-clip-fp16",

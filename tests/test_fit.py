@@ -129,7 +129,9 @@ def test_fit_json_prints_result_and_summary_reads_well(tiny_bundle, colour_task,
         capsys,
     )
     assert code == 0, err
-    assert json.loads(out) == json.loads((tmp_path / "run" / "result.json").read_text())
+    printed = json.loads(out)
+    assert printed.pop("run_dir") == str(tmp_path / "run")  # which folder it wrote
+    assert printed == json.loads((tmp_path / "run" / "result.json").read_text())
     code, out, err = cli_in_process(
         [
             "fit",

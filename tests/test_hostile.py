@@ -791,3 +791,23 @@ def test_a_kill_while_images_are_encoded_says_run_the_same_command(tiny_bundle, 
     )
     again = edge_tune(*args, env={"EDGE_TUNE_CACHE": str(cache)})
     assert again.returncode == 0, again.stderr  # the stillborn run folder does not block it
+
+
+def test_errors_under_json_are_one_json_object_on_stderr(tiny_bundle, tmp_path):
+    plain = evaluate(tiny_bundle, tmp_path / "nowhere", tmp_path)
+    done = evaluate(tiny_bundle, tmp_path / "nowhere", tmp_path, "--json")
+    assert done.returncode == plain.returncode == 1 and done.stdout == ""
+    error = json.loads(done.stderr)
+    assert plain.stderr.strip() == f"Error: {error['error']}"  # the same words
+    assert error == {
+        "error": error["error"],
+        "message": "data folder does not exist",
+        "path": str(tmp_path / "nowhere"),
+        "hint": "Pass a folder holding one sub-folder of photos per class",
+    }
+    usage = edge_tune("predict", "--json", env={})
+    assert usage.returncode == 2
+    assert json.loads(usage.stderr) == {
+        "error": "Missing argument '[RUN] IMAGES...'.",
+        "usage": True,
+    }
