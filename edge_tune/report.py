@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -203,23 +204,32 @@ class Progress:
         val_accuracy: float | None,
         queries_per_second: float,
         elapsed: float,
+        width: int | None = None,
     ) -> str:
-        """The text of the line (pure, for tests)."""
+        """The text of the line (pure, for tests), at most `width` characters.
+
+        On a narrow terminal the bar goes first, then the train accuracy, the loss and the stage,
+        so that queries, the cross-validated accuracy, q/s and ETA stay in view. (A library bar,
+        tqdm's, cuts the end of the line instead: the ETA is what goes.)"""
         total = f"/{self.budget_queries}" if self.budget_queries else ""
-        parts = [f"queries {queries}{total}", stage]
+        fields = {"bar": None, "queries": f"queries {queries}{total}", "stage": stage}
         if self.budget_queries:
-            fraction = min(queries / self.budget_queries, 1.0)
-            filled = int(fraction * 20)
-            parts.insert(0, "[" + "#" * filled + "." * (20 - filled) + "]")
-        if loss is not None:
-            parts.append(f"loss {loss:.4f}")
-        if train_accuracy is not None:
-            parts.append(f"train {100 * train_accuracy:.1f}%")
-        if val_accuracy is not None:
-            parts.append(f"val {100 * val_accuracy:.1f}%")
-        parts.append(f"{queries_per_second:.1f} q/s")
-        parts.append(f"ETA {format_seconds(self._eta(queries, queries_per_second, elapsed))}")
-        return "  ".join(parts)
+            filled = int(min(queries / self.budget_queries, 1.0) * 20)
+            fields["bar"] = "[" + "#" * filled + "." * (20 - filled) + "]"
+        fields["loss"] = None if loss is None else f"loss {loss:.4f}"
+        fields["train"] = None if train_accuracy is None else f"train {100 * train_accuracy:.1f}%"
+        fields["val"] = None if val_accuracy is None else f"val {100 * val_accuracy:.1f}%"
+        fields["rate"] = f"{queries_per_second:.1f} q/s"
+        eta = self._eta(queries, queries_per_second, elapsed)
+        fields["eta"] = f"ETA {format_seconds(eta)}"
+        order = ("bar", "queries", "stage", "loss", "train", "val", "rate", "eta")
+        text = "  ".join(fields[key] for key in order if fields[key])
+        for key in ("bar", "train", "loss", "stage"):
+            if width is None or len(text) <= width:
+                break
+            fields[key] = None
+            text = "  ".join(fields[k] for k in order if fields[k])
+        return text if width is None else text[:width]
 
     def _eta(self, queries: int, rate: float, elapsed: float) -> float:
         left = []
@@ -236,8 +246,10 @@ class Progress:
         if not force and now - self._last_draw < self.min_interval:
             return
         self._last_draw = now
-        text = self.line(**fields)
-        self.stream.write("\r" + text.ljust(self._width))
+        # one column short of the terminal: a line that fills it wraps on some terminals
+        width = shutil.get_terminal_size(fallback=(80, 24)).columns - 1
+        text = self.line(**fields, width=width)
+        self.stream.write("\r" + text.ljust(min(self._width, width)))
         self.stream.flush()
         self._width = len(text)
 

@@ -331,7 +331,7 @@ def test_library_snippet_runs(tiny_bundle, colour_task, tmp_path, monkeypatch):
     assert (tmp_path / "runs" / "demo" / "classifier.npz").is_file()
 
 
-def test_progress_line_metrics_log_and_curve(tmp_path):
+def test_progress_line_metrics_log_and_curve(tmp_path, monkeypatch):
     import io
 
     from edge_tune.report import MetricsLog, Progress, draw_curve, read_metrics
@@ -361,6 +361,22 @@ def test_progress_line_metrics_log_and_curve(tmp_path):
     assert line == (
         "[#####...............]  queries 250/1000  cma  loss 0.6931  train 50.0%  "
         "val 37.5%  50.0 q/s  ETA 15s"
+    )
+    # an 80-column terminal: one line of at most 79 characters, val / q/s / ETA still there
+    # (the full line is 104 characters: each update used to leave a wrapped copy behind)
+    monkeypatch.setenv("COLUMNS", "80")
+    shown = io.StringIO()
+    drawn = Progress(budget_queries=1000, stream=shown, enabled=True, min_interval=0)
+    fields = dict(stage="sa-cma", loss=0.6931, train_accuracy=0.5, val_accuracy=0.375)
+    for queries in (20, 250, 1000):
+        drawn.update(**fields, queries=queries, queries_per_second=50.0, elapsed=queries / 50)
+    frames = shown.getvalue().split("\r")[1:]
+    assert len(frames) == 3 and all(len(frame) <= 79 and "\n" not in frame for frame in frames)
+    assert frames[1].rstrip() == (
+        "queries 250/1000  sa-cma  loss 0.6931  val 37.5%  50.0 q/s  ETA 15s"
+    )
+    assert drawn.line(**fields, queries=250, queries_per_second=50.0, elapsed=5.0, width=50) == (
+        "queries 250/1000  val 37.5%  50.0 q/s  ETA 15s"
     )
 
     log = MetricsLog(tmp_path / "metrics.jsonl")
