@@ -224,25 +224,28 @@ class Classifier:
         return weights / weights.sum(axis=1, keepdims=True)
 
     def image_features(self, images: Sequence) -> np.ndarray:
-        """Image-graph features `f32[N, P]` of paths or PIL images (DataError on a non-image)."""
+        """Image-graph features `f32[N, P]` of paths or PIL images (DataError on a non-image),
+        decoded one batch at a time: memory holds a batch of pixels, not all of them."""
         from edge_tune.preprocess import preprocess_image
 
-        return self._run_image_graph(
-            [preprocess_image(image, self.bundle.preprocess) for image in images]
-        )
-
-    def _run_image_graph(self, pixels: list[np.ndarray]) -> np.ndarray:
-        session = self._image_session()
+        images = list(images)
         chunks = [
-            np.asarray(
-                session.run({"pixel_values": np.stack(pixels[i : i + BATCH_SIZE])}),
-                dtype=np.float32,
+            self._run_image_graph(
+                [
+                    preprocess_image(image, self.bundle.preprocess)
+                    for image in images[i : i + BATCH_SIZE]
+                ]
             )
-            for i in range(0, len(pixels), BATCH_SIZE)
+            for i in range(0, len(images), BATCH_SIZE)
         ]
         if not chunks:
             return np.zeros((0, self.class_features.shape[1]), np.float32)
         return np.concatenate(chunks)
+
+    def _run_image_graph(self, pixels: list[np.ndarray]) -> np.ndarray:
+        """Features of one batch of preprocessed images."""
+        session = self._image_session()
+        return np.asarray(session.run({"pixel_values": np.stack(pixels)}), dtype=np.float32)
 
     def probabilities(self, images: Sequence) -> np.ndarray:
         """Class probabilities `f64[N, K]` for paths or PIL images."""
