@@ -25,11 +25,17 @@ import numpy as np
 from edge_tune.blas import limit_blas_threads
 from edge_tune.errors import EdgeTuneError
 from edge_tune_bench.graph_cost import mlp_width, text_graph_cost
-from edge_tune_bench.probe import PROBE_MIN_ROWS, make_gemm_probe, probe_result
+from edge_tune_bench.probe import (
+    PROBE_MIN_ROWS,
+    cpu_description,
+    make_gemm_probe,
+    probe_result,
+)
 from edge_tune_bench.process import NOT_INSTALLED, available_memory_bytes, run_child
 from edge_tune_bench.tables import fmt
 from edge_tune_bench.timing import (
     DEFAULT_REPEATS,
+    SETTLE_S,
     TimedSession,
     load_average,
     median_seconds,
@@ -49,7 +55,7 @@ def estimate_speed_bytes(
     Candidates and their contexts in float64, one run's prompt input, and the text graph's
     activations for that run (the encoders' own per-prompt estimate).
     """
-    from edge_tune.encoders import bytes_per_prompt
+    from edge_tune.runplan import bytes_per_prompt
 
     candidates = 8 * population * dim * 3
     run = min(population * classes, rows_per_run)
@@ -92,9 +98,10 @@ def run_speed(
     child and adds the PyTorch reference from another): rows per path, the GEMM probe, ratios,
     the text graph's cost and the Python overhead of objective calls and of fit steps."""
     from edge_tune.bundle import open_bundle
-    from edge_tune.encoders import chunk_plan, rows_per_run, text_encoder
+    from edge_tune.encoders import text_encoder
     from edge_tune.objective import PromptObjective
     from edge_tune.prompts import PromptSpace
+    from edge_tune.runplan import rows_per_run
 
     if population < 1 or classes < 2:
         raise EdgeTuneError(
@@ -114,7 +121,8 @@ def run_speed(
         per_candidate=8 * space.dim * 3,
     )
 
-    # The encoder fit scores with (text_shared.onnx when the bundle has it), text.onnx beside it.
+    # The encoder fit scores with (text_shared.onnx when the bundle has it), text.onnx beside it,
+    # both with fit's run plan (classes grouped by length, runs on `run_threads` workers).
     fit_encoder = _timed(text_encoder(bundle, space, provider=provider, threads=threads))
     plain = (
         fit_encoder
@@ -124,22 +132,50 @@ def run_speed(
         )
     )
     shared_encoder = fit_encoder if fit_encoder.graph == "text_shared" else None
+    # What each part of fit's plan buys, on fit's graph: the same encoder with every class at the
+    # longest class's length (one group, the plan before length groups), and with one worker on
+    # ORT's own intra-op threads (the run mode before worker threads).
+    variants = {
+        "fit_one_group": _timed(
+            type(fit_encoder)(
+                fit_encoder.session.session, space, workers=fit_encoder.workers, group_lengths=False
+            )
+        )
+    }
+    if fit_encoder.workers > 1:
+        variants["fit_intra_op"] = _timed(
+            text_encoder(
+                bundle,
+                space,
+                provider=provider,
+                threads=fit_encoder.workers,
+                shared_prefix=fit_encoder.graph == "text_shared",
+                workers=1,
+            )
+        )
     session = plain.session.session  # the untimed text.onnx session, for the naive path
     features, labels = random_features(shots * classes, int(bundle.projection_dim), classes)
-    objective = PromptObjective(plain, features, labels, logit_scale=bundle.logit_scale)
+
+    def objective_of(encoder):
+        return PromptObjective(encoder, features, labels, logit_scale=bundle.logit_scale)
+
+    objective = objective_of(plain)
     W = np.random.default_rng(1).standard_normal((population, space.dim)) * 0.01
 
-    # The ONNX paths and the GEMM probe, timed round-robin (one repetition of each in turn) so that
-    # a change in the machine's load shifts all of them alike and their ratios stay meaningful.
-    # (PyTorch runs in a process of its own: beside ORT's thread pool its OpenMP threads slow down
-    # several-fold on a small machine, which would flatter edge-tune.)
-    # (1) edge-tune's objective: truncated to max(EOT)+1, population x classes in fixed-size runs.
+    # The ONNX paths and the GEMM probes, timed round-robin (one repetition of each in turn) so
+    # that a change in the machine's load shifts all of them alike and their ratios stay
+    # meaningful. (PyTorch runs in a process of its own: beside ORT's thread pool its OpenMP
+    # threads slow down several-fold on a small machine, which would flatter edge-tune.)
+    # (1) edge-tune's objective: truncated per length group, population x classes in runs.
     losses = objective(W)  # also the warm-up (arena, prepacking)
     # (1b) the same through text_shared.onnx, when the bundle has it (not `--no-shared-prefix`)
     shared = None
     if shared_encoder is not None:
-        shared = PromptObjective(shared_encoder, features, labels, logit_scale=bundle.logit_scale)
+        shared = objective_of(shared_encoder)
         shared_losses = shared(W)
+    fit_losses = shared_losses if shared is not None else losses
+    variant_objectives = {key: objective_of(encoder) for key, encoder in variants.items()}
+    variant_losses = {key: obj(W) for key, obj in variant_objectives.items()}
     # (2) ONNX the reference way: 77 tokens, one candidate (K prompts) per run.
     full = space.padded(min(REFERENCE_LENGTH, space.context_length))
     eot = space.eot_index.astype(np.int64)
@@ -150,45 +186,61 @@ def run_speed(
     naive_candidate()
     cost = text_graph_cost(Path(bundle.path) / bundle.manifest["graphs"]["text"]["file"])
     hidden = mlp_width(cost)
-    size, runs = chunk_plan(population * classes, plain.max_rows)
-    # At least PROBE_MIN_ROWS token rows: a probe only as large as one run (800 rows on ViT-B/16)
-    # read below the objective's own rate, i.e. it was not the machine's ceiling (docs/bench.md).
-    probe_shape = (max(size * length, PROBE_MIN_ROWS), width, hidden)
-    probe_flops, probe_ort, probe_numpy = make_gemm_probe(*probe_shape, threads=threads)
-    probe_ort(), probe_numpy()
-    calls, ort_seconds, naive_times, probe_times = [], [], [], []
-    shared_calls, shared_ort_seconds = [], []
-
-    def timed_call(call, encoder, wall: list[float], inside: list[float]) -> None:
-        encoder.session.seconds = 0.0
-        with limit_blas_threads(1):  # as in a fit (Tuner.run)
-            wall.append(seconds(lambda: call(W)))
-        inside.append(encoder.session.seconds)
+    # each shape both ways of using the cores: ORT's intra-op threads and fit's workers
+    probes = [
+        ((shape, workers), *make_gemm_probe(*shape, threads=threads, workers=workers))
+        for shape in gemm_probe_shapes(fit_encoder, population, width, hidden)
+        for workers in sorted({1, fit_encoder.workers})
+    ]
+    for _, _, probe_ort, probe_numpy in probes:
+        probe_ort(), probe_numpy()
+    times: dict[str, list[float]] = {}
+    inside: dict[str, list[float]] = {}
+    naive_times, probe_times = [], [[] for _ in probes]
+    timed = {"objective": (objective, plain)}
+    if shared is not None:
+        timed["objective_shared"] = (shared, shared_encoder)
+    timed.update({key: (variant_objectives[key], variants[key]) for key in variants})
 
     for _ in range(repeats):
-        if shared is not None:
-            timed_call(shared, shared_encoder, shared_calls, shared_ort_seconds)
-        timed_call(objective, plain, calls, ort_seconds)
-        naive_times.append(seconds(naive_candidate))
-        probe_times.append((seconds(probe_ort), seconds(probe_numpy)))
-    call_s, naive_s = statistics.median(calls), statistics.median(naive_times)
-    probe = probe_result(
-        probe_shape,
-        probe_flops,
-        statistics.median(t[0] for t in probe_times),
-        statistics.median(t[1] for t in probe_times),
-    )
-    objective_flops = cost.flops(runs * size, length)  # padding rows are computed too
+        for key, (call, encoder) in timed.items():
+            encoder.session.seconds = 0.0
+            with limit_blas_threads(1):  # as in a fit (Tuner.run)
+                times.setdefault(key, []).append(
+                    seconds(lambda call=call: call(W), settle=SETTLE_S)
+                )
+            inside.setdefault(key, []).append(encoder.session.seconds)
+        naive_times.append(seconds(naive_candidate, settle=SETTLE_S))
+        for spent, (_, _, probe_ort, probe_numpy) in zip(probe_times, probes):
+            spent.append(
+                (seconds(probe_ort, settle=SETTLE_S), seconds(probe_numpy, settle=SETTLE_S))
+            )
+    naive_s = statistics.median(naive_times)
+    probe_results = [
+        probe_result(
+            shape,
+            workers,
+            flops,
+            statistics.median(t[0] for t in spent),
+            statistics.median(t[1] for t in spent),
+        )
+        for ((shape, workers), flops, _, _), spent in zip(probes, probe_times)
+    ]
+    probe = max(probe_results, key=lambda r: r["attainable_gflops"])
     naive_flops = cost.flops(classes, full.length)
 
+    def row(key: str, encoder, note: str) -> dict[str, Any]:
+        wall = statistics.median(times[key])
+        return _speed_row(
+            population / wall,
+            population * classes / wall,
+            wall,
+            plan_flops(cost, encoder, population),
+            note=f"{plan_note(encoder, population)}{note}",
+        )
+
     rows = {
-        "objective": _speed_row(
-            population / call_s,
-            population * classes / call_s,
-            call_s,
-            objective_flops,
-            note=f"L={length}, {runs} run(s) of {size} prompts",
-        ),
+        "objective": row("objective", plain, ""),
         "onnx_naive": _speed_row(
             1 / naive_s,
             classes / naive_s,
@@ -197,35 +249,36 @@ def run_speed(
             note=f"L={full.length}, 1 candidate ({classes} prompts) per run",
         ),
     }
-    overhead = {"objective_fraction": _outside(calls, ort_seconds)}
+    overhead = {"objective_fraction": _outside(times["objective"], inside["objective"])}
     if shared is not None:
-        shared_s = statistics.median(shared_calls)
-        suffix = space.length - space.prefix_length
-        class_size, class_runs, size_c, runs_c = shared_encoder.plan(population)
-        rows["objective_shared"] = _speed_row(
-            population / shared_s,
-            population * classes / shared_s,
-            shared_s,
-            cost.shared_flops(
-                runs_c * size_c * class_runs, class_size, space.prefix_length, suffix
-            ),
-            note=f"P={space.prefix_length} + S={suffix}, {runs_c * class_runs} run(s) of {size_c} "
-            f"candidates x {class_size} classes; "
-            f"loss vs text.onnx {float(np.max(np.abs(shared_losses - losses))):.1e}",
+        rows["objective_shared"] = row(
+            "objective_shared",
+            shared_encoder,
+            f"; loss vs text.onnx {float(np.max(np.abs(shared_losses - losses))):.1e}",
         )
-        overhead["objective_shared_fraction"] = _outside(shared_calls, shared_ort_seconds)
+        overhead["objective_shared_fraction"] = _outside(
+            times["objective_shared"], inside["objective_shared"]
+        )
+    for key, encoder in variants.items():
+        same = bool(np.array_equal(variant_losses[key], fit_losses))
+        rows[key] = row(key, encoder, f"; losses bit-identical to fit's plan: {same}")
     attainable = probe["attainable_gflops"]
-    for row in rows.values():
-        row["fraction_of_gemm"] = row["gflops"] / attainable
+    for entry in rows.values():
+        entry["fraction_of_gemm"] = entry["gflops"] / attainable
+    fit_key = "objective_shared" if shared is not None else "objective"
     ratios = {
         "objective_vs_onnx_naive": rows["objective"]["queries_per_s"]
         / rows["onnx_naive"]["queries_per_s"],
         "objective_fraction_of_gemm": rows["objective"]["fraction_of_gemm"],
+        "fit_fraction_of_gemm": rows[fit_key]["fraction_of_gemm"],
     }
     if shared is not None:
         ratios["shared_vs_objective"] = (
             rows["objective_shared"]["queries_per_s"] / rows["objective"]["queries_per_s"]
         )
+    for key, ratio in (("fit_one_group", "length_groups_gain"), ("fit_intra_op", "workers_gain")):
+        if key in rows:
+            ratios[ratio] = rows[fit_key]["queries_per_s"] / rows[key]["queries_per_s"]
     graph_file = bundle.manifest["graphs"][fit_encoder.graph]["file"]
     overhead["fit_step"] = fit_step_overhead(
         fit_encoder,
@@ -248,6 +301,9 @@ def run_speed(
         "repeats": repeats,
         "rows": rows,
         "gemm_probe": probe,
+        "gemm_probes": probe_results,
+        "cpu": cpu_description(),
+        "workers": fit_encoder.workers,
         "ratios": ratios,
         "objective_loss_w0": float(losses[0]),
         "naive_gflop_per_candidate": naive_flops / 1e9,
@@ -262,6 +318,36 @@ def run_speed(
         "python_overhead": overhead,
         "load": {"start": load_start, "end": load_average()},
     }
+
+
+def gemm_probe_shapes(encoder, population: int, width: int, hidden: int) -> list[tuple]:
+    """The GEMM probe's shapes: the token rows of fit's largest run, 1,400 and PROBE_MIN_ROWS
+    (ORT's MatMul was fastest near 1,400 rows on ViT-B/16 widths, issue 19); the best of them
+    is this machine's attainable rate."""
+    largest = encoder.largest_run(population)
+    return [(rows, width, hidden) for rows in sorted({largest, 1400, PROBE_MIN_ROWS})]
+
+
+def plan_flops(cost, encoder, n: int) -> int:
+    """FLOPs of one call of `encoder` on n candidates, padding included (it is computed too)."""
+    if encoder.graph == "text":
+        return sum(cost.flops(p.prompts * p.runs, p.group.length) for p in encoder.plan(n))
+    return sum(
+        cost.shared_flops(p.runs * p.candidates, p.classes, encoder.prefix_rows, p.group.length)
+        for p in encoder.plan(n)
+    )
+
+
+def plan_note(encoder, n: int) -> str:
+    """`encoder`'s plan for n candidates in words."""
+    plans = encoder.plan(n)
+    runs = sum(p.runs for p in plans)
+    lengths = "/".join(str(p.group.length) for p in plans)
+    what = "L" if encoder.graph == "text" else f"P={encoder.prefix_rows} + S"
+    return (
+        f"{what}={lengths} ({len(plans)} length group(s)), {runs} run(s), "
+        f"{encoder.token_rows(n) // n} token rows per candidate, {encoder.workers} worker(s)"
+    )
 
 
 def _outside(calls: list[float], inside: list[float]) -> float:

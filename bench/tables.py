@@ -13,6 +13,8 @@ def fmt(value: Any, spec: str = ".1f") -> str:
 SPEED_ROWS = {
     "objective": "edge-tune objective (ONNX, truncated, batched)",
     "objective_shared": "edge-tune objective, shared prefix (text_shared.onnx)",
+    "fit_one_group": "fit's graph, every class at the longest length (no length groups)",
+    "fit_intra_op": "fit's graph, one worker on ORT's intra-op threads",
     "onnx_naive": "ONNX, 77 tokens, one candidate per run",
     "pytorch_eager": "PyTorch eager reference (77 tokens, one candidate per call)",
 }
@@ -27,8 +29,17 @@ def speed_table(report: dict[str, Any]) -> str:
         f"provider {report['provider']}, threads {report['threads'] or 'default'}, "
         f"median of {report['repeats']}, load {fmt(report['load']['start'], '.2f')}"
     )
+    cpu = report.get("cpu") or {}
+    probes = ", ".join(
+        f"{p['shape'][0]} rows x{p.get('workers', 1)} {fmt(p['attainable_gflops'])}"
+        for p in report.get("gemm_probes", [])
+    )
     lines = [
         title,
+        "",
+        f"CPU: {cpu.get('model', 'unknown')} ({cpu.get('isa', 'unknown')}, {cpu.get('cores')} "
+        f"logical cores); text-graph workers: {report.get('workers', 1)}; GEMM probe GFLOP/s by "
+        f"shape and workers: {probes or 'one shape'}",
         "",
         "| path | queries/s | prompts/s | GFLOP/query | GFLOP/s | % of GEMM probe | note |",
         "|---|---:|---:|---:|---:|---:|---|",
@@ -51,7 +62,7 @@ def speed_table(report: dict[str, Any]) -> str:
     lines.append(
         f"| GEMM probe {probe['shape'][0]}x{probe['shape'][1]}x{probe['shape'][2]} "
         f"(ORT / numpy) | | | | {fmt(probe['ort_gflops'])} / {fmt(probe['numpy_gflops'])} "
-        f"| 100% | one layer's six weight GEMMs |"
+        f"| 100% | one layer's six weight GEMMs, {probe.get('workers', 1)} worker(s) at once |"
     )
     ratios = report["ratios"]
     overhead = report["python_overhead"]
@@ -77,7 +88,27 @@ def speed_table(report: dict[str, Any]) -> str:
             "- objective vs ONNX without truncation/batching: "
             f"{ratios['objective_vs_onnx_naive']:.1f}x"
         ),
-        f"- objective at {100 * ratios['objective_fraction_of_gemm']:.0f}% of the GEMM probe",
+        f"- objective at {100 * ratios['objective_fraction_of_gemm']:.0f}% of the best GEMM probe"
+        + (
+            f"; fit's objective at {100 * ratios['fit_fraction_of_gemm']:.0f}%"
+            if "fit_fraction_of_gemm" in ratios
+            else ""
+        ),
+        *(
+            [
+                f"- length groups vs every class at the longest length: {ratios['length_groups_gain']:.2f}x"
+            ]
+            if "length_groups_gain" in ratios
+            else []
+        ),
+        *(
+            [
+                f"- {report.get('workers')} worker threads vs ORT's own {report.get('workers')} "
+                f"intra-op threads: {ratios['workers_gain']:.2f}x"
+            ]
+            if "workers_gain" in ratios
+            else []
+        ),
         *(
             [
                 f"- shared prefix (text_shared.onnx) vs the text.onnx objective: "

@@ -14,9 +14,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edge_tune.encoders import DEFAULT_MEMORY_CAP, rows_per_run
 from edge_tune.errors import DataError
 from edge_tune.prompts import DEFAULT_TEMPLATE
+from edge_tune.runplan import DEFAULT_MEMORY_CAP, rows_per_run
+
+#: float64 logits one scoring GEMM may hold (`score`): one BLAS call for a typical population.
+LOGITS_MEMORY_CAP = 32 * 2**20
 
 
 def score(
@@ -26,7 +29,7 @@ def score(
     logit_scale: float,
     *,
     offset: np.ndarray | None = None,
-    memory_cap: int = DEFAULT_MEMORY_CAP,
+    memory_cap: int = LOGITS_MEMORY_CAP,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(mean cross-entropy f64[n], accuracy f64[n]) for class features [K, P] or [n, K, P].
 

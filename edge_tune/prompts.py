@@ -250,9 +250,30 @@ class PromptSpace:
         rows = np.arange(start, stop)
         candidate, klass = rows // self.num_classes, rows % self.num_classes
         used = np.unique(candidate)
-        ctx = self.context(W[used]).astype(np.float32)  # the ORT boundary: cast once, here
-        out = self.base[klass].copy()
-        out[:, 1 : 1 + self.m, :] = ctx[np.searchsorted(used, candidate)]
+        return self.assemble(self.context32(W[used]), np.searchsorted(used, candidate), klass)
+
+    def context32(self, W: np.ndarray) -> np.ndarray:
+        """f32[n, m, D] context tokens: the ORT boundary, where float64 is cast once."""
+        return self.context(W).astype(np.float32)
+
+    def assemble(
+        self,
+        context: np.ndarray,
+        candidate: np.ndarray,
+        klass: np.ndarray,
+        length: int | None = None,
+        *,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """f32[r, length, D]: prompt r is class `klass[r]`'s sequence cut to `length` positions
+        (default L) with candidate `candidate[r]`'s row of `context` (f32[n, m, D]) in it;
+        written into the first r rows of `out` (f32[>= r, length, D]) when given."""
+        base = self.base[:, : self.length if length is None else length]
+        if out is None:
+            out = base[klass]  # a copy
+        else:
+            out = np.take(base, klass, axis=0, out=out[: len(klass)])
+        out[:, 1 : 1 + self.m, :] = context[candidate]
         return out
 
     # --- the same prompts split for text_shared.onnx ---------------------------------------
@@ -265,7 +286,7 @@ class PromptSpace:
         """f32[n, P, D]: each candidate's [SOT, ctx(w)] (positions 0..P-1 of all its prompts)."""
         W = self.candidates(W)
         out = np.repeat(self.base[:1, : self.prefix_length], len(W), axis=0)
-        out[:, 1:] = self.context(W).astype(np.float32)  # the ORT boundary, as in prompt_rows
+        out[:, 1:] = self.context32(W)
         return out
 
     def suffixes(self) -> tuple[np.ndarray, np.ndarray]:

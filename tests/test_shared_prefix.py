@@ -80,11 +80,11 @@ def test_a_bundle_without_it_scores_with_text_onnx(tmp_path):
     assert report["python_overhead"]["fit_step"]["note"] == "text.onnx + sharpzo/edge"
 
 
-@pytest.mark.parametrize("classes, memory_cap", [(3, None), (10, None), (40, 2**20)])
+@pytest.mark.parametrize("classes, memory_cap", [(3, None), (10, None), (40, 2**16)])
 def test_shared_features_equal_the_text_graph_and_do_not_depend_on_the_batch(
     shared_bundle, classes, memory_cap
 ):
-    """K = 40 with a 1 MiB cap splits the classes into blocks: still the same features."""
+    """K = 40 with a 64 KiB cap splits the classes into blocks: still the same features."""
     options = {} if memory_cap is None else {"memory_cap": memory_cap}
     space, standard, shared = objectives(shared_bundle, classes, **options)
     assert isinstance(shared.encoder, SharedPrefixEncoder) and isinstance(
@@ -98,7 +98,7 @@ def test_shared_features_equal_the_text_graph_and_do_not_depend_on_the_batch(
     np.testing.assert_allclose(shared(W), standard(W), rtol=1e-5)
     assert shared.queries == standard.queries == 7
     if memory_cap is not None:
-        assert shared.encoder.text_runs > 2 * (7 + 1)  # class blocks, each run a fixed shape
+        assert any(p.class_runs > 1 for p in shared.encoder.plan(7))  # class blocks
 
 
 def test_fit_uses_the_shared_graph_and_tunes(shared_bundle, tmp_path, run_cli):
