@@ -8,8 +8,8 @@ from what the bundle holds, and how many worker threads run its graph runs.
 A call is cut into runs by `edge_tune.runplan`: classes grouped by prompt length, each group's
 prompts cut to its longest, runs sized in token rows by a memory cap, padded with copies to a fixed
 shape. On a CPU with several cores, the runs go to that many Python threads sharing one ORT session
-of one intra-op thread each (ORT releases the GIL): measured 1.15× ORT's own two-thread mode at the
-usual population on ViT-B/16 (docs/bench.md). A prompt's features do not depend on which run it
+of one intra-op thread each (ORT releases the GIL): 1.16× ORT's own two-thread mode at 40 × 10 on
+ViT-B/16 shapes, 1.04× at 40 × 100 (docs/bench.md, "Run plan"). A prompt's features do not depend on which run it
 lands in, so batched equals one-by-one and one worker equals two, bit for bit (tested).
 """
 

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: Working memory one text-graph run may use (input + a rough activation estimate). Measured on
-#: ViT-B/16 text shapes at one thread (docs/bench.md): runs of ~350 token rows compute a row 7 %
-#: faster than runs of 1,400 (0.42 vs 0.45 ms) and as fast as any size between; 12 MiB gives 358
-#: rows there (D = 512), so each of two worker threads gets a run at the usual population.
+#: Working memory one text-graph run may use (input + a rough activation estimate). DEVIATION from
+#: the 32 MiB before issue 19: measured on ViT-B/16 text shapes at one thread (issue 19's notes),
+#: runs of ~350 token rows compute a row 7 % faster than runs of 1,400 (0.42 vs 0.45 ms) and as
+#: fast as any size between; 12 MiB gives 358 rows there (D = 512), so each of two worker threads
+#: gets a run at the usual population.
 DEFAULT_MEMORY_CAP = 12 * 2**20
 #: Hard ceiling on prompts per run, whatever the cap allows.
 DEFAULT_MAX_PROMPTS = 4096
