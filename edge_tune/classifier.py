@@ -353,17 +353,9 @@ def read_labels(value: str) -> list[str]:
 
 def collect_images(paths: Iterable[str | Path]) -> list[Path]:
     """Files as given; folders walked recursively in sorted order (hidden files left out)."""
+    from edge_tune.data import walk_files
+
     found: list[Path] = []
     for path in map(Path, paths):
-        if path.is_dir():
-            found.extend(
-                sorted(
-                    p
-                    for p in path.rglob("*")
-                    if not p.is_dir()
-                    and not any(part.startswith(".") for part in p.relative_to(path).parts)
-                )
-            )
-        else:
-            found.append(path)
+        found.extend(walk_files(path) if path.is_dir() else [path])
     return found

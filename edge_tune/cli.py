@@ -125,7 +125,7 @@ def export_command(
     """Freeze a CLIP model into a bundle a torch-free device can tune (needs the [export] extra).
 
     \b
-    MODEL is a registry name (tiny-random, b16-random, clip-vit-b16, clip-vit-b32, clip-vit-l14)
+    MODEL is a registry name (tiny-random, b16-random, l14-random, clip-vit-b16, clip-vit-l14, ...)
     or any Hugging Face CLIP id (org/name: from the hub, or the local cache when offline);
     with --source DIR it names the bundle and the weights come from DIR.
     Examples:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import stat
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
@@ -19,9 +20,28 @@ import numpy as np
 
 from edge_tune.errors import DataError
 
-#: What `fit`, `eval` and `predict` all read (a GIF or TIFF: its first frame).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+#: What `fit`, `eval` and `predict` all read (a GIF or TIFF: its first frame; HEIC/HEIF through the
+#: optional `heif` extra, AVIF through Pillow's own decoder).
+IMAGE_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".webp",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".heic",
+    ".heif",
+    ".avif",
+)
 CLASSNAMES_FILE = "classnames.json"
+#: CoOp's ImageNet layout: one "<folder> <class name>" line per class (e.g. "n01440764 tench").
+CLASSNAMES_TXT = "classnames.txt"
+#: Folder names that read as a WordNet id rather than a word ("n01440764").
+WNID = re.compile(r"n\d{8}")
+#: Class names that are Caltech's catch-all folders rather than a class (CoOp leaves them out).
+BACKGROUND = re.compile(r"(\d+\.)?(background( google)?|clutter)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -69,8 +89,19 @@ def class_name_from_folder(folder: str) -> str:
     return " ".join(folder.replace("_", " ").replace("-", " ").split())
 
 
+def walk_files(folder: Path) -> list[Path]:
+    """Every file under `folder`, sub-folders included, in sorted order; hidden files and folders
+    (a name starting with ".") left out. Symlinked folders are not entered (no loops)."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if not p.is_dir() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
 def load_shots(root: str | Path, *, strict: bool = False) -> Dataset:
-    """Read `root/<class>/*.{jpg,jpeg,png,webp,bmp}`; every image is decoded once to check it."""
+    """Read `root/<class>/**/*.{jpg,png,...}` (IMAGE_EXTENSIONS, sub-folders of a class included);
+    every image is decoded once to check it."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(
@@ -96,9 +127,7 @@ def load_shots(root: str | Path, *, strict: bool = False) -> Dataset:
     skipped: list[Skipped] = []
     for label, folder in enumerate(folders):
         found = 0
-        for path in sorted(folder.iterdir()):
-            if path.name.startswith("."):
-                continue
+        for path in walk_files(folder):
             problem = image_problem(path)
             if problem is not None:
                 if strict and not problem.startswith("not an image"):
@@ -116,8 +145,10 @@ def load_shots(root: str | Path, *, strict: bool = False) -> Dataset:
                 hint=f"Add {', '.join(IMAGE_EXTENSIONS)} photos or remove the folder",
             )
     digests: dict[Path, str] = {}
-    notes = _linked_class_folders(folders, names) + _identical_across_classes(
-        samples, names, digests
+    notes = (
+        _linked_class_folders(folders, names)
+        + _names_that_are_not_words(names, root)
+        + _identical_across_classes(samples, names, digests)
     )
     return Dataset(
         classnames=names,
@@ -127,6 +158,25 @@ def load_shots(root: str | Path, *, strict: bool = False) -> Dataset:
         notes=tuple(notes),
         digests=digests,
     )
+
+
+def _names_that_are_not_words(names: list[str], root: Path) -> list[str]:
+    """Warnings for class names CLIP cannot read as words: WordNet ids (ImageNet's folders) and
+    Caltech's background folder."""
+    notes = []
+    ids = [n for n in names if WNID.fullmatch(n)]
+    if ids:
+        notes.append(
+            f"warning: {len(ids)} class name(s) look like WordNet ids ({ids[0]!r}); CLIP reads "
+            f"words: add {root / CLASSNAMES_TXT} with lines like 'n01440764 tench'"
+        )
+    background = [n for n in names if BACKGROUND.fullmatch(n)]
+    if background:
+        notes.append(
+            f"warning: class {background[0]!r} looks like Caltech's background folder, which "
+            "CoOp leaves out; remove it unless it is a class you mean"
+        )
+    return notes
 
 
 def _linked_class_folders(folders: list[Path], names: list[str]) -> list[str]:
@@ -319,6 +369,8 @@ def _read_classnames(root: Path, folders: list[str]) -> list[str]:
     names = [class_name_from_folder(f) for f in folders]
     path = root / CLASSNAMES_FILE
     if not path.exists():
+        if (root / CLASSNAMES_TXT).exists():
+            return _read_classnames_txt(root / CLASSNAMES_TXT, folders, names)
         return _check_unique(names, folders, root)
     hint = (
         f"Make it a JSON object {{folder: class name}} or a list of {len(folders)} names "
@@ -353,6 +405,31 @@ def _read_classnames(root: Path, folders: list[str]) -> list[str]:
         ]
     else:
         raise DataError("must be a JSON object or list", path=path, hint=hint)
+    return _check_unique(names, folders, path)
+
+
+def _read_classnames_txt(path: Path, folders: list[str], names: list[str]) -> list[str]:
+    """Names from CoOp's `classnames.txt` ("<folder> <class name>" per line; lines for folders
+    that are not here are ignored, as a few-shot folder holds a subset of ImageNet's classes)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(
+            f"cannot be read ({err})", path=path, hint="Make it UTF-8 text, one class per line"
+        ) from err
+    mapping = {}
+    for number, line in enumerate(lines, 1):
+        folder, _, name = line.strip().partition(" ")
+        if not folder or folder.startswith("#"):
+            continue
+        if not name.strip():
+            raise DataError(
+                f"line {number} names folder {folder!r} but no class",
+                path=path,
+                hint="Write each line as '<folder> <class name>', e.g. 'n01440764 tench'",
+            )
+        mapping[folder] = " ".join(name.split())
+    names = [mapping.get(f, n) for f, n in zip(folders, names, strict=True)]
     return _check_unique(names, folders, path)
 
 

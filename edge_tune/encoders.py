@@ -9,8 +9,9 @@ A call is cut into runs by `edge_tune.runplan`: classes grouped by prompt length
 prompts cut to its longest, runs sized in token rows by a memory cap, padded with copies to a fixed
 shape. On a CPU with several cores, the runs go to that many Python threads sharing one ORT session
 of one intra-op thread each (ORT releases the GIL): 1.16× ORT's own two-thread mode at 40 × 10 on
-ViT-B/16 shapes, 1.04× at 40 × 100 (docs/bench.md, "Run plan"). A prompt's features do not depend on which run it
-lands in, so batched equals one-by-one and one worker equals two, bit for bit (tested).
+ViT-B/16 shapes, 1.12× at 40 × 100 (docs/bench.md, "Run plan"). A prompt's features do not depend
+on which run it lands in, so batched equals one-by-one and one worker equals two, bit for bit
+(tested). The loss's scoring runs on the same threads (`map_runs`).
 """
 
 from __future__ import annotations
@@ -118,11 +119,15 @@ class _Encoder:
         """Token rows of the largest run in a call with n candidates."""
         raise NotImplementedError
 
+    def map_runs(self, fn, items):
+        """`map(fn, items)` on this encoder's worker threads (in order; plain `map` with one)."""
+        return self._pool.map(fn, items) if self._pool else map(fn, items)
+
     def features(self, W: np.ndarray) -> np.ndarray:
         """f32[n, K, P] normalised class text features of every candidate."""
         W = self.space.candidates(W)
         tasks = self._tasks(W)
-        results = self._pool.map(_call, tasks) if self._pool else map(_call, tasks)
+        results = self.map_runs(_call, tasks)
         out = None
         for (candidates, classes, prompts, _), result in zip(tasks, results):
             result = np.asarray(result)

@@ -30,6 +30,7 @@ def score(
     *,
     offset: np.ndarray | None = None,
     memory_cap: int = LOGITS_MEMORY_CAP,
+    map_groups=map,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(mean cross-entropy f64[n], accuracy f64[n]) for class features [K, P] or [n, K, P].
 
@@ -40,6 +41,9 @@ def score(
     float64 logits fit in `memory_cap` (one BLAS call for a typical population, bounded memory at
     ImageNet's K = 1000); each logit is still the same P-term dot product of the same float64
     inputs, so a candidate's loss equals its one-by-one value up to the BLAS summation order.
+    `map_groups` (default `map`) runs the groups; an executor's `map` runs them on its threads
+    (numpy's GEMM releases the GIL). The groups depend only on the shapes and the cap, never on
+    the threads, so the losses are the same bits either way.
     """
     F = np.asarray(features, dtype=np.float64)
     T = np.asarray(class_features, dtype=np.float64)
@@ -48,9 +52,8 @@ def score(
     n, K, P = T.shape
     labels = np.asarray(labels, dtype=np.int64)
     group = max(1, int(memory_cap) // (len(F) * K * 8))
-    losses = np.empty(n)
-    accuracies = np.empty(n)
-    for start in range(0, n, group):
+
+    def scored(start: int) -> tuple[np.ndarray, np.ndarray]:
         block = T[start : start + group]
         g = len(block)
         logits = (F @ block.reshape(g * K, P).T).reshape(len(F), g, K)
@@ -60,11 +63,11 @@ def score(
         peak = logits.max(axis=2, keepdims=True)
         log_norm = peak[..., 0] + np.log(np.exp(logits - peak).sum(axis=2))  # [N, g]
         true = np.take_along_axis(logits, labels[:, None, None], axis=2)[..., 0]  # [N, g]
-        losses[start : start + g] = np.mean(log_norm - true, axis=0)
-        accuracies[start : start + g] = np.mean(
-            np.argmax(logits, axis=2) == labels[:, None], axis=0
-        )
-    return losses, accuracies
+        right = np.argmax(logits, axis=2) == labels[:, None]
+        return np.mean(log_norm - true, axis=0), np.mean(right, axis=0)
+
+    parts = list(map_groups(scored, range(0, n, group)))
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 class PromptObjective:
@@ -111,7 +114,14 @@ class PromptObjective:
         """(f64[n] losses, f64[n] training accuracies); n queries."""
         text = self.encoder.features(W)
         self.queries += len(text)
-        return score(self.features, self.labels, text, self.logit_scale, offset=self.offset)
+        return score(
+            self.features,
+            self.labels,
+            text,
+            self.logit_scale,
+            offset=self.offset,
+            map_groups=self.encoder.map_runs,
+        )
 
     def class_features(self, w: np.ndarray) -> np.ndarray:
         """f32[K, P] normalised class text features of one prompt vector (not a query)."""

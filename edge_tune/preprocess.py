@@ -4,19 +4,23 @@ The pixel work is done by the same pillow calls the Hugging Face PIL backend mak
 with alpha composited onto white, bicubic resize of the shortest side on uint8, centre crop with
 `(size - crop) // 2`), so the only differences left are float rounding in rescale/normalise. Unlike
 the processor we also apply the EXIF orientation, as a photo viewer does (HF only does this when it
-loads from a path itself), and refuse decompression bombs and absurd aspect ratios with a clear
-error.
+loads from a path itself), decode JPEGs above the pixel limit at a reduced DCT scale instead of
+refusing them (a 108 MP phone photo), read HEIC/HEIF through the optional `pillow-heif` decoder
+(`pip install 'edge-tune[heif]'`) and AVIF through Pillow's own, and refuse decompression bombs and
+absurd aspect ratios with a clear error.
 """
 
 from __future__ import annotations
 
+import functools
 import io
+import math
 import re
 import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, features
 
 from edge_tune.errors import DataError
 from edge_tune.manifest import RESAMPLE_RULES
@@ -25,6 +29,11 @@ from edge_tune.manifest import RESAMPLE_RULES
 MAX_IMAGE_PIXELS = 89_478_485
 #: Longest side / shortest side above which the shortest-side resize would allocate absurd buffers.
 MAX_ASPECT_RATIO = 64.0
+#: Reduced scales libjpeg decodes at directly (its DCT scaling), tried in turn for JPEGs whose full
+#: size is above MAX_IMAGE_PIXELS; pillow itself refuses files above twice the limit at open.
+JPEG_DRAFT_SCALES = (2, 4, 8)
+#: Phone formats whose decoder is the optional pillow-heif package (the `heif` extra).
+HEIF_SUFFIXES = (".heic", ".heif")
 
 _RESAMPLE = {name: getattr(Image.Resampling, name.upper()) for name in RESAMPLE_RULES}
 
@@ -50,6 +59,7 @@ def open_image(
     if isinstance(source, Image.Image):
         image = source
     else:
+        _require_decoder(label)
         stream = io.BytesIO(source) if isinstance(source, bytes) else source
         try:
             with warnings.catch_warnings():
@@ -72,19 +82,22 @@ def open_image(
                 hint="Remove the file or replace it with a JPEG/PNG",
             ) from err
     width, height = image.size
-    if width * height > MAX_IMAGE_PIXELS:
-        raise _bomb_error(label, (width, height))
     if max(width, height) > MAX_ASPECT_RATIO * max(1, min(width, height)):
         raise DataError(
             f"image is {width}x{height} pixels, an aspect ratio above {MAX_ASPECT_RATIO:g}:1",
             path=label,
             hint="Crop it to the subject before using it",
         )
+    if not isinstance(source, Image.Image):  # not yet decoded: a JPEG may decode smaller
+        if draft_size is not None:
+            image.draft("RGB", draft_size)
+        elif width * height > MAX_IMAGE_PIXELS:
+            _draft_under_limit(image)
+    if image.size[0] * image.size[1] > MAX_IMAGE_PIXELS:
+        raise _bomb_error(label, (width, height))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            if draft_size is not None:
-                image.draft("RGB", draft_size)
             image.load()
             image = ImageOps.exif_transpose(image)
     except Image.DecompressionBombError as err:
@@ -185,6 +198,49 @@ def _centre_crop(pixels: np.ndarray, crop: int) -> np.ndarray:
         pixels, (height, width) = padded, padded.shape[:2]
     top, left = (height - crop) // 2, (width - crop) // 2
     return pixels[top : top + crop, left : left + crop]
+
+
+def _draft_under_limit(image: Image.Image) -> None:
+    """Set a JPEG to decode at the largest of JPEG_DRAFT_SCALES that fits MAX_IMAGE_PIXELS (other
+    formats have no reduced decode and are left as they are). The pixels then come from libjpeg's
+    scaled IDCT instead of a full decode: the CLIP resize to ~224 px follows either way."""
+    if image.format != "JPEG":
+        return
+    width, height = image.size
+    for scale in JPEG_DRAFT_SCALES:
+        if math.ceil(width / scale) * math.ceil(height / scale) <= MAX_IMAGE_PIXELS:
+            # pillow picks the largest scale whose size is at least the one asked for (floor)
+            image.draft("RGB", (width // scale, height // scale))  # grey and CMYK keep their mode
+            return
+
+
+@functools.cache
+def _heif_opener() -> bool:
+    """Register pillow-heif's HEIC/HEIF opener with Pillow once; False when it is not installed."""
+    try:
+        import pillow_heif
+    except ImportError:
+        return False
+    pillow_heif.register_heif_opener()
+    return True
+
+
+def _require_decoder(label: str) -> None:
+    """A clear error for a photo format this installation cannot decode, before pillow's
+    "cannot identify image file"; registers the HEIF decoder when it is installed."""
+    suffix = Path(label).suffix.lower()
+    if suffix in HEIF_SUFFIXES and not _heif_opener():
+        raise DataError(
+            "a HEIC/HEIF photo needs the optional decoder pillow-heif, which is not installed",
+            path=label,
+            hint="Install it (pip install 'edge-tune[heif]'), or convert the photo to JPEG",
+        )
+    if suffix == ".avif" and not features.check("avif"):
+        raise DataError(
+            "this Pillow was built without AVIF support",
+            path=label,
+            hint="Upgrade Pillow (pip install -U pillow), or convert the photo to JPEG",
+        )
 
 
 def _bomb_error(label: str, size: tuple[int, int] | int | None) -> DataError:

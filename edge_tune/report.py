@@ -71,7 +71,30 @@ _COLOURS = {
     "val": (214, 39, 40),
     "zero-shot": (120, 120, 120),
     "loss": (44, 160, 44),
+    "stage": (148, 103, 189),
+    "grid": (225, 225, 225),
 }
+
+
+def stage_changes(records: Sequence[dict]) -> list[tuple[float, str]]:
+    """(queries, new stage) wherever a record's stage differs from the one before it (the switch
+    from SharpZO's warm-up to its stage 2, for instance)."""
+    changes = []
+    for before, record in zip(records, records[1:]):
+        if record.get("stage") and before.get("stage") and record["stage"] != before["stage"]:
+            changes.append((float(record["queries"]), str(record["stage"])))
+    return changes
+
+
+def accuracy_range(values: Sequence[float]) -> tuple[float, float]:
+    """The accuracy panel's axis: the data's span (zero-shot included) padded by a tenth, at least
+    0.1 wide, inside [0, 1], so that a few points of gain are visible."""
+    if not values:
+        return 0.0, 1.0
+    low, high = min(values), max(values)
+    pad = max((high - low) * 0.1, (0.1 - (high - low)) / 2, 0.0)
+    low, high = max(0.0, low - pad), min(1.0, high + pad)
+    return (low, high) if high > low else (0.0, 1.0)
 
 
 def draw_curve(
@@ -81,7 +104,8 @@ def draw_curve(
     zero_shot: float | None = None,
     title: str = "edge-tune fit",
 ) -> Path:
-    """Accuracy (train, validation) and training loss against queries, with the zero-shot line."""
+    """Accuracy (train, validation) and training loss against queries, with the zero-shot line,
+    gridlines, a dashed marker where the stage changes and each line's final value at its end."""
     from PIL import Image, ImageDraw, ImageFont
 
     width, height, margin = 900, 620, 70
@@ -91,14 +115,21 @@ def draw_curve(
     draw.text((margin, 12), title, fill="black", font=font)
     xs = [float(r["queries"]) for r in records] or [0.0]
     x_max = max(max(xs), 1.0)
+    accuracy_series = [("train", "train_accuracy"), ("val", "val_accuracy")]
+    accuracies = [r[k] for _, k in accuracy_series for r in records if r.get(k) is not None]
     panels = [
-        ("accuracy", (0.0, 1.0), [("train", "train_accuracy"), ("val", "val_accuracy")]),
-        ("training loss", None, [("loss", "train_loss")]),
+        (
+            "accuracy",
+            accuracy_range(accuracies + ([zero_shot] if zero_shot is not None else [])),
+            accuracy_series,
+            "{:.1%}",
+        ),
+        ("training loss", None, [("loss", "train_loss")], "{:.3f}"),
     ]
     panel_height = (height - 3 * margin) // 2
-    for index, (label, y_range, series) in enumerate(panels):
+    for index, (label, y_range, series, value_format) in enumerate(panels):
         top = margin + index * (panel_height + margin)
-        box = (margin, top, width - margin // 2, top + panel_height)
+        box = (margin, top, width - margin, top + panel_height)
         values = [r[key] for _, key in series for r in records if r.get(key) is not None]
         if y_range is None:
             low, high = (min(values), max(values)) if values else (0.0, 1.0)
@@ -111,15 +142,30 @@ def draw_curve(
             fy = (y - y_range[0]) / (y_range[1] - y_range[0])
             return left + fx * (right - left), bottom - fy * (bottom - top_)
 
+        for fraction in (0.25, 0.5, 0.75):  # gridlines first, under everything
+            _, py = to_xy(0, y_range[0] + fraction * (y_range[1] - y_range[0]))
+            draw.line([(box[0], py), (box[2], py)], fill=_COLOURS["grid"])
+            px, _ = to_xy(fraction * x_max, y_range[0])
+            draw.line([(px, box[1]), (px, box[3])], fill=_COLOURS["grid"])
         draw.rectangle(box, outline="black")
         draw.text((box[0], box[1] - 16), label, fill="black", font=font)
-        for fraction in (0.0, 0.5, 1.0):
+        for fraction in (0.0, 0.25, 0.5, 0.75, 1.0):
             y = y_range[0] + fraction * (y_range[1] - y_range[0])
             _, py = to_xy(0, y)
-            draw.text((8, py - 6), f"{y:.3g}", fill="black", font=font)
-        for fraction in (0.0, 0.25, 0.5, 0.75, 1.0):
+            text = f"{y:.1%}" if index == 0 else f"{y:.3g}"
+            draw.text((8, py - 6), text, fill="black", font=font)
             px, _ = to_xy(fraction * x_max, y_range[0])
             draw.text((px - 10, box[3] + 4), f"{fraction * x_max:.0f}", fill="black", font=font)
+        for queries, stage in stage_changes(records):
+            _dashed_line(
+                draw,
+                to_xy(queries, y_range[1]),
+                to_xy(queries, y_range[0]),
+                _COLOURS["stage"],
+                width=2,
+            )
+            px, _ = to_xy(queries, y_range[1])
+            draw.text((px + 4, box[1] + 20), stage, fill=_COLOURS["stage"], font=font)
         if index == 0 and zero_shot is not None:
             _dashed_line(draw, to_xy(0, zero_shot), to_xy(x_max, zero_shot), _COLOURS["zero-shot"])
         legend_x = box[0] + 8
@@ -127,14 +173,18 @@ def draw_curve(
             points = [to_xy(float(r["queries"]), r[key]) for r in records if r.get(key) is not None]
             if len(points) > 1:
                 draw.line(points, fill=_COLOURS[name], width=2)
-            for px, py in points[-1:]:
+            finals = [r[key] for r in records if r.get(key) is not None][-1:]
+            for (px, py), final in zip(points[-1:], finals):
                 draw.ellipse((px - 3, py - 3, px + 3, py + 3), fill=_COLOURS[name])
+                draw.text(
+                    (px + 6, py - 6), value_format.format(final), fill=_COLOURS[name], font=font
+                )
             draw.text((legend_x, box[1] + 6), name, fill=_COLOURS[name], font=font)
             legend_x += 60
         if index == 0 and zero_shot is not None:
             draw.text(
                 (legend_x, box[1] + 6),
-                f"zero-shot {zero_shot:.3f}",
+                f"zero-shot {zero_shot:.1%}",
                 fill=_COLOURS["zero-shot"],
                 font=font,
             )
@@ -144,7 +194,7 @@ def draw_curve(
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def _dashed_line(draw, start, end, colour, dash: float = 8.0) -> None:
+def _dashed_line(draw, start, end, colour, dash: float = 8.0, width: int = 1) -> None:
     (x0, y0), (x1, y1) = start, end
     length = math.hypot(x1 - x0, y1 - y0)
     steps = max(int(length // dash), 1)
@@ -153,7 +203,7 @@ def _dashed_line(draw, start, end, colour, dash: float = 8.0) -> None:
         draw.line(
             [(x0 + a * (x1 - x0), y0 + a * (y1 - y0)), (x0 + b * (x1 - x0), y0 + b * (y1 - y0))],
             fill=colour,
-            width=1,
+            width=width,
         )
 
 

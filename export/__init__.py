@@ -84,6 +84,7 @@ def export_bundle(
         weight = model.text_model.embeddings.token_embedding.weight
         with torch.no_grad():
             weight.copy_(weight.half().float())
+    to_onnx.check_graph_sizes(model)  # before the slow part
     manifest = _manifest_head(loaded, FORMAT_VERSION)
     manifest["token_table_dtype"] = token_table
     write_bundle.check_target(

@@ -20,6 +20,30 @@ from edge_tune.bundle import FORMAT_VERSION
 from edge_tune_export.wrappers import ImageEncoder, PromptTextEncoder, SharedPrefixTextEncoder
 
 DEFAULT_OPSET = 20
+#: protobuf's 2 GiB limit on one serialised file, less 64 MiB for the graph around the weights.
+SINGLE_FILE_LIMIT = 2**31 - 2**26
+
+
+def weight_bytes(module: torch.nn.Module) -> int:
+    """Bytes of the parameters and buffers `module` would carry into its graph (shared ones once)."""
+    tensors = {id(t): t for t in [*module.parameters(), *module.buffers()]}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def check_graph_sizes(model) -> None:
+    """Refuse, before any export work, a model whose image or text graph cannot be one ONNX file:
+    ViT-L/14 (1.2 GB image graph) fits, ViT-H/14 (2.5 GB) and larger do not."""
+    from edge_tune.errors import ExportError
+
+    for role, module in (("image", ImageEncoder(model)), ("text", PromptTextEncoder(model))):
+        size = weight_bytes(module)
+        if size > SINGLE_FILE_LIMIT:
+            raise ExportError(
+                f"the {role} graph would hold {size / 1e9:.2f} GB of weights, above ONNX's 2 GB "
+                "limit for a single-file graph",
+                hint="Models up to ViT-L/14 export; ViT-H/14 and larger need ONNX external data, "
+                "which bundles do not support yet",
+            )
 
 
 def export_text_graph(model, path: Path, *, opset: int = DEFAULT_OPSET) -> None:

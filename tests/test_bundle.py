@@ -193,7 +193,8 @@ def test_unknown_model_lists_the_known_ones(tmp_path):
         export_bundle("clip-vit-h99", tmp_path / "out")
     assert str(caught.value) == (
         "unknown model 'clip-vit-h99'; known models: b16-random, clip-vit-b16, "
-        "clip-vit-b32, clip-vit-l14, tiny-random. Or give any Hugging Face CLIP id (org/name), "
+        "clip-vit-b32, clip-vit-l14, l14-336-random, l14-random, tiny-random. Or give any "
+        "Hugging Face CLIP id (org/name), "
         "or --source DIR with a CLIPModel save_pretrained directory"
     )
 

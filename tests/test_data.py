@@ -201,3 +201,54 @@ def test_dassl_bad_inputs(tmp_path):
 def test_sample_is_hashable_and_ordered_by_path():
     assert len({Sample(Path("a"), 0), Sample(Path("a"), 0)}) == 1
     assert np.array_equal(np.array([0, 1]), np.array([Sample(Path("a"), 0).label, 1]))
+
+
+def test_nested_class_folders_are_read_recursively_as_predict_reads_them(tmp_path):
+    from edge_tune.classifier import collect_images
+
+    write_image(tmp_path / "cat" / "indoor" / "a.png", colour=(1, 2, 3))
+    write_image(tmp_path / "cat" / "outdoor" / "deep" / "b.png", colour=(4, 5, 6))
+    write_image(tmp_path / "cat" / "c.png", colour=(7, 8, 9))
+    write_image(tmp_path / "cat" / ".thumbnails" / "hidden.png", colour=(9, 9, 9))
+    write_image(tmp_path / "dog" / "2024" / "d.png", colour=(10, 11, 12))
+    ds = load_shots(tmp_path)
+    assert [(s.path.relative_to(tmp_path).as_posix(), s.label) for s in ds.samples] == [
+        ("cat/c.png", 0),
+        ("cat/indoor/a.png", 0),
+        ("cat/outdoor/deep/b.png", 0),
+        ("dog/2024/d.png", 1),
+    ]
+    assert collect_images([tmp_path / "cat"]) == [s.path for s in ds.samples[:3]]
+
+
+def test_wordnet_folders_take_their_names_from_classnames_txt(tmp_path):
+    make_shots(tmp_path, {"n01440764": 1, "n01443537": 1})
+    ids = load_shots(tmp_path)
+    assert ids.classnames == ["n01440764", "n01443537"]
+    assert ids.report() == (
+        "warning: 2 class name(s) look like WordNet ids ('n01440764'); CLIP reads words: add "
+        f"{tmp_path / 'classnames.txt'} with lines like 'n01440764 tench'"
+    )
+    (tmp_path / "classnames.txt").write_text(
+        "# CoOp's ImageNet list, more classes than this folder holds\n"
+        "n01440764 tench\nn01443537 goldfish\nn01484850 great white shark\n"
+    )
+    named = load_shots(tmp_path)
+    assert named.classnames == ["tench", "goldfish"] and named.report() is None
+    (tmp_path / "classnames.txt").write_text("n01440764 tench\nn01443537\n")
+    with pytest.raises(DataError) as err:
+        load_shots(tmp_path)
+    assert str(err.value) == (
+        f"{tmp_path / 'classnames.txt'}: line 2 names folder 'n01443537' but no class. Write "
+        "each line as '<folder> <class name>', e.g. 'n01440764 tench'"
+    )
+
+
+def test_caltech_background_folder_is_flagged(tmp_path):
+    make_shots(tmp_path, {"BACKGROUND_Google": 1, "accordion": 1, "airplanes": 1})
+    ds = load_shots(tmp_path)
+    assert ds.classnames[0] == "BACKGROUND Google"
+    assert ds.report() == (
+        "warning: class 'BACKGROUND Google' looks like Caltech's background folder, which CoOp "
+        "leaves out; remove it unless it is a class you mean"
+    )

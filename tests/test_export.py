@@ -221,3 +221,29 @@ def test_scratch_folders_of_exports_that_died_are_removed(tmp_path):
     fresh = scratch_dir(out, "partial")
     assert fresh.name.startswith(f".bundle.partial-{os.getpid()}-")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name, fresh.name])
+
+
+def test_graphs_over_the_single_file_limit_are_refused_before_export():
+    """ViT-L/14 fits ONNX's 2 GB single-file limit; ViT-H/14 (laion's open_clip shapes) does not.
+    Built on torch's meta device: the real configurations, no weights allocated."""
+    from edge_tune.errors import ExportError
+    from edge_tune_export.to_onnx import check_graph_sizes, weight_bytes
+
+    def meta_model(entry: str, **vision):
+        config = registry.clip_config(registry.lookup(entry))
+        for key, value in vision.items():
+            setattr(config.vision_config, key, value)
+        with torch.device("meta"):
+            return transformers.CLIPModel(config)
+
+    large = meta_model("l14-random")
+    check_graph_sizes(large)
+    assert 1.1e9 < weight_bytes(large.vision_model) < 1.3e9  # ViT-L/14's 304 M image weights
+    huge = meta_model("l14-random", hidden_size=1280, intermediate_size=5120, num_hidden_layers=32)
+    with pytest.raises(ExportError) as err:
+        check_graph_sizes(huge)
+    assert str(err.value) == (
+        "the image graph would hold 2.53 GB of weights, above ONNX's 2 GB limit for a "
+        "single-file graph. Models up to ViT-L/14 export; ViT-H/14 and larger need ONNX "
+        "external data, which bundles do not support yet"
+    )

@@ -542,3 +542,41 @@ def test_fit_and_eval_read_a_dassl_split(tiny_bundle, tmp_path, run_cli):
     assert json.loads(scored.stdout)["accuracy"] == pytest.approx(shipped["eval_accuracy"])
     refused = run_cli("fit", "--split", split, "--bundle", tiny_bundle, env=env)
     assert refused.returncode == 2 and "--split needs --data IMAGE_ROOT" in refused.stderr
+
+
+def test_curve_marks_the_switch_zooms_the_accuracy_axis_and_has_gridlines(tmp_path):
+    from edge_tune.report import _COLOURS, accuracy_range, draw_curve, stage_changes
+
+    records = [
+        {
+            "queries": q,
+            "stage": stage,
+            "train_accuracy": a + 0.05,
+            "val_accuracy": a,
+            "train_loss": 1.5 - a,
+        }
+        for q, stage, a in [
+            (0, "sa-cma", 0.60),
+            (40, "sa-cma", 0.62),
+            (80, "sparse-zo", 0.66),
+            (120, "sparse-zo", 0.68),
+        ]
+    ]
+    assert stage_changes(records) == [(80.0, "sparse-zo")]
+    assert accuracy_range([0.60, 0.73, 0.58]) == pytest.approx((0.565, 0.745))
+    assert accuracy_range([0.5, 0.52]) == pytest.approx((0.46, 0.56))  # at least 0.1 wide
+    assert accuracy_range([0.0, 1.0]) == (0.0, 1.0) and accuracy_range([]) == (0.0, 1.0)
+    draw_curve(records, tmp_path / "curve.png", zero_shot=0.58)
+    with Image.open(tmp_path / "curve.png") as curve:
+        pixels = np.asarray(curve.convert("RGB"))
+
+    def where(colour):
+        return np.nonzero((pixels == colour).all(axis=2))
+
+    rows, columns = where(_COLOURS["stage"])
+    assert len(columns) > 50 and np.ptp(columns[rows > 100]) <= 3  # one dashed vertical marker
+    assert len(where(_COLOURS["grid"])[0]) > 500
+    val_rows = where(_COLOURS["val"])[0]
+    val_rows = val_rows[val_rows < 300]  # the accuracy panel (the legend and final value too)
+    # 0.60 -> 0.68 of an axis of 0.565..0.745 spans ~44 % of the 170-px panel, not 8 % of 0..1
+    assert np.ptp(val_rows) > 0.3 * 170

@@ -152,6 +152,13 @@ def test_score_handles_a_batch_of_class_features(data):
     split = score(features, labels, T, 10.0, memory_cap=one)
     np.testing.assert_allclose(split[0], losses, rtol=1e-12)
     np.testing.assert_array_equal(split[1], accuracies)
+    # the groups on worker threads (as PromptObjective runs them): the same bits as in turn
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        threaded = score(features, labels, T, 10.0, memory_cap=one, map_groups=pool.map)
+    np.testing.assert_array_equal(threaded[0], split[0])
+    np.testing.assert_array_equal(threaded[1], split[1])
 
 
 def test_bad_labels_and_bad_candidates(session, space, data):

@@ -152,3 +152,71 @@ def test_in_memory_png_roundtrip_is_lossless():
         preprocess_image(buffer.getvalue(), CLIP_PREPROCESS),
         preprocess_image(image, CLIP_PREPROCESS),
     )
+
+
+def test_a_108_megapixel_jpeg_decodes_at_half_scale_instead_of_being_refused(tmp_path):
+    path = tmp_path / "phone.jpg"
+    photo = Image.open(SKIMAGE_DIR / "chelsea.png").convert("RGB")  # 451x300
+    photo.resize((451 * 27, 300 * 27), Image.Resampling.BILINEAR).save(path, quality=90)
+    assert 12177 * 8100 > MAX_IMAGE_PIXELS  # 98.6 M pixels, a 108 MP phone's class
+    assert open_image(path).size == (6089, 4050)  # libjpeg's 1/2 scale
+    pixels = preprocess_image(path, CLIP_PREPROCESS)
+    reference = preprocess_image(photo, CLIP_PREPROCESS)  # the same photo, never enlarged
+    assert pixels.shape == reference.shape == (3, 224, 224)
+    assert np.abs(pixels - reference).mean() < 0.05  # the same picture, resampled twice
+    png = tmp_path / "phone.png"  # a PNG has no reduced decode: still refused
+    Image.new("1", (12000, 9000)).save(png)
+    with pytest.raises(DataError, match="12000x9000 pixels, above the"):
+        open_image(png)
+
+
+def test_heic_and_avif_photos_read_like_the_photo(tmp_path):
+    pytest.importorskip("pillow_heif")
+    from edge_tune.data import file_problem, load_shots
+    from edge_tune.preprocess import _heif_opener
+
+    photo = Image.open(SKIMAGE_DIR / "chelsea.png").convert("RGB")
+    reference = preprocess_image(photo, CLIP_PREPROCESS)
+    assert _heif_opener()  # registered, so Pillow can also write HEIC here
+    for suffix in (".heic", ".avif"):
+        path = tmp_path / "cat" / f"chelsea{suffix}"
+        path.parent.mkdir(exist_ok=True)
+        photo.save(path, quality=95)
+        assert file_problem(path) is None  # what predict accepts
+        assert np.abs(preprocess_image(path, CLIP_PREPROCESS) - reference).mean() < 0.05
+    (tmp_path / "dog").mkdir()
+    photo.rotate(90, expand=True).save(tmp_path / "dog" / "rotated.heif", quality=95)
+    shots = load_shots(tmp_path)  # what fit and eval read
+    assert [s.path.name for s in shots.samples] == ["chelsea.avif", "chelsea.heic", "rotated.heif"]
+    assert shots.report() is None
+
+
+def test_heic_without_its_decoder_is_one_line_naming_the_extra(tmp_path, monkeypatch):
+    import sys
+
+    from edge_tune.preprocess import _heif_opener
+
+    path = tmp_path / "IMG_0001.HEIC"
+    path.write_bytes(b"\x00\x00\x00\x18ftypheic")
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)  # as if the extra were not installed
+    _heif_opener.cache_clear()
+    try:
+        with pytest.raises(DataError) as err:
+            open_image(path)
+    finally:
+        _heif_opener.cache_clear()
+    assert str(err.value) == (
+        f"{path}: a HEIC/HEIF photo needs the optional decoder pillow-heif, which is not "
+        "installed. Install it (pip install 'edge-tune[heif]'), or convert the photo to JPEG"
+    )
+
+
+def test_16_bit_greyscale_is_scaled_not_clipped_to_white(tmp_path):
+    photo = np.asarray(Image.open(SKIMAGE_DIR / "camera.png").convert("L"), dtype=np.uint16)
+    wide = tmp_path / "camera16.png"
+    Image.fromarray(photo * 257).save(wide)  # the same picture in 16 bits (0..65535)
+    assert Image.open(wide).mode.startswith("I")
+    np.testing.assert_array_equal(
+        preprocess_image(wide, CLIP_PREPROCESS),
+        preprocess_image(Image.fromarray(photo.astype(np.uint8)), CLIP_PREPROCESS),
+    )
