@@ -238,6 +238,11 @@ def info_command(bundle_dir, provider, threads, as_json) -> None:
 # --- eval (data, objective) -------------------------------------------------------------------
 
 
+def _is_split_file(path: Path) -> bool:
+    """`--data` naming a CoOp/Dassl split file rather than a folder."""
+    return path.suffix.lower() == ".json" and path.is_file()
+
+
 @cli.command("eval")
 @bundle_option("bundle_dir")
 @click.option(
@@ -245,7 +250,8 @@ def info_command(bundle_dir, provider, threads, as_json) -> None:
     "data_dir",
     required=True,
     type=click.Path(path_type=Path),
-    help="Labelled images: DATA/<class>/*.jpg.",
+    help="Labelled images: DATA/<class>/*.jpg, or a CoOp/Dassl split_zhou_<dataset>.json (its "
+    "test part; the images beside it).",
 )
 @click.option(
     "--template",
@@ -270,7 +276,8 @@ def info_command(bundle_dir, provider, threads, as_json) -> None:
     "--split",
     "split_json",
     type=click.Path(path_type=Path),
-    help="A CoOp/Dassl split_zhou_<dataset>.json: score its test part; DATA is its image root.",
+    help="A CoOp/Dassl split_zhou_<dataset>.json: score its test part; DATA is its image root "
+    "(else found beside the split).",
 )
 @click.option("--strict", is_flag=True, help="Fail on unreadable images instead of skipping them.")
 @click.option(
@@ -314,6 +321,8 @@ def eval_command(
     if prompt_path is not None and run_path is not None:
         raise click.UsageError("give --prompt or --run, not both")
     bundle = open_bundle(resolve_bundle(bundle_dir))
+    if split_json is None and _is_split_file(data_dir):
+        split_json, data_dir = data_dir, None  # `--data split_zhou_X.json`
     if split_json is not None:
         dataset = load_dassl_split(split_json, data_dir)[2]
     else:
@@ -357,7 +366,8 @@ def eval_command(
 @click.option(
     "--data",
     type=click.Path(path_type=Path),
-    help="Shots folder: DATA/<class>/*.jpg (with --split: the split's image root).",
+    help="Shots folder: DATA/<class>/*.jpg (with --split: the split's image root), or a "
+    "CoOp/Dassl split_zhou_<dataset>.json with its images beside it.",
 )
 @click.option(
     "--split",
@@ -468,11 +478,9 @@ def fit(
     from edge_tune.report import Progress, budget_line, encoding_progress, format_summary
 
     seconds = parse_duration(budget_time) if budget_time else None
+    if split_json is None and data is not None and _is_split_file(data):
+        split_json, data = data, None  # `--data split_zhou_X.json`: the images lie beside it
     if split_json is not None:  # the shots and the evaluation set come from the split file
-        if data is None:
-            raise click.UsageError(
-                "--split needs --data IMAGE_ROOT (the split's paths start there)"
-            )
         if eval_dir is not None:
             raise click.UsageError("--split reports on its own test part; drop --eval")
         from edge_tune.data import load_dassl_split
@@ -577,18 +585,26 @@ def fit(
     click.echo(summary or format_summary(result, run_dir))
 
 
+class _Terminated(BaseException):
+    """SIGTERM as an exception, so that the work's own cleanup (`except BaseException`, `finally`)
+    runs as it would for Ctrl-C. DEVIATION: not a KeyboardInterrupt. Raised as one, about 1 SIGTERMed
+    export in 10 still printed its message and then died by SIGINT (exit -2, not 143): CPython
+    marks a KeyboardInterrupt as unhandled when it is raised inside code an extension runs through
+    its PyRun_* calls, even if Python code catches it later, and then exits by SIGINT."""
+
+
 @contextlib.contextmanager
 def _stops_cleanly(message: str):
-    """Ctrl-C or SIGTERM (systemd, docker, timeout): the work unwinds as from a KeyboardInterrupt,
-    so its own cleanup runs, then `message` (with {signal}) in one line and exit 128 + signal."""
+    """Ctrl-C or SIGTERM (systemd, docker, timeout): the work unwinds, so its own cleanup runs, then
+    `message` (with {signal}) in one line and exit 128 + signal."""
 
     def terminate(signum, frame):
-        raise KeyboardInterrupt(signum)
+        raise _Terminated(signum)
 
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
         yield
-    except KeyboardInterrupt as stop:
+    except (KeyboardInterrupt, _Terminated) as stop:
         signum = stop.args[0] if stop.args else signal.SIGINT
         click.echo("\n" + message.format(signal=signal.Signals(signum).name), err=True)
         sys.exit(128 + signum)

@@ -248,15 +248,17 @@ def load_eval(root: str | Path, train: Dataset, *, strict: bool = False) -> Data
 
 
 def load_dassl_split(
-    split_json: str | Path, image_root: str | Path, *, shots: int = 16, seed: int = 1
+    split_json: str | Path, image_root: str | Path | None, *, shots: int = 16, seed: int = 1
 ) -> tuple[Dataset, Dataset, Dataset]:
     """(train, val, test) from a CoOp `split_zhou_<dataset>.json`, few-shot sampled as Dassl does.
+
+    `image_root=None` looks for the images beside the split file (`split_image_root`).
 
     Dassl's `generate_fewshot_dataset` groups each split by label in order of appearance and draws
     `random.sample(items, k)` per class from Python's `random` seeded with the run seed: `shots` for
     train, then `min(shots, 4)` for val. A class with fewer images keeps all of them (noted).
     """
-    split_json, image_root = Path(split_json), Path(image_root)
+    split_json = Path(split_json)
     try:
         split = json.loads(split_json.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
@@ -271,12 +273,6 @@ def load_dassl_split(
             path=split_json,
             hint="Re-download the split file",
         ) from err
-    if not image_root.is_dir():
-        raise DataError(
-            "image root is not a folder",
-            path=image_root,
-            hint="Pass the dataset's image folder (the paths in the split are relative to it)",
-        )
     if shots < 1:
         raise DataError(
             f"--shots {shots} must be at least 1", path=split_json, hint="Use e.g. --shots 16"
@@ -291,6 +287,15 @@ def load_dassl_split(
                 hint="Use a CoOp/Dassl split_zhou_*.json file",
             )
         items[part] = rows
+    if image_root is None:
+        image_root = split_image_root(split_json, items["train"] + items["test"])
+    image_root = Path(image_root)
+    if not image_root.is_dir():
+        raise DataError(
+            "image root is not a folder",
+            path=image_root,
+            hint="Pass the dataset's image folder (the paths in the split are relative to it)",
+        )
     classnames = _dassl_classnames(items["train"] + items["val"] + items["test"], split_json)
     rng = random.Random(seed)
     train, train_notes = _fewshot(items["train"], shots, rng, classnames)
@@ -309,6 +314,26 @@ def load_dassl_split(
                 hint="Pass the dataset's image folder as the image root",
             )
     return datasets[0], datasets[1], datasets[2]
+
+
+def split_image_root(split_json: Path, rows: list) -> Path:
+    """The folder a split's relative paths start in, when only the split file is given: the split's
+    own folder or one of its sub-folders (CoOp keeps `oxford_pets/split_zhou_OxfordPets.json`
+    beside `oxford_pets/images/`), the first where the split's first image exists."""
+    parent = split_json.parent
+    first = rows[0][0] if rows else None
+    candidates = [parent] + sorted(
+        p for p in parent.iterdir() if p.is_dir() and not p.name.startswith(".")
+    )
+    for folder in candidates if first is not None else []:
+        if (folder / first).is_file():
+            return folder
+    raise DataError(
+        f"cannot find the split's images beside it (looked for {first!r} in {parent} and its "
+        "sub-folders)",
+        path=split_json,
+        hint="Name the image folder: --data IMAGE_ROOT --split FILE",
+    )
 
 
 def describe_skipped(skipped, *, limit: int = 3, notes=()) -> str | None:

@@ -540,8 +540,23 @@ def test_fit_and_eval_read_a_dassl_split(tiny_bundle, tmp_path, run_cli):
     )
     assert scored.returncode == 0, scored.stderr
     assert json.loads(scored.stdout)["accuracy"] == pytest.approx(shipped["eval_accuracy"])
-    refused = run_cli("fit", "--split", split, "--bundle", tiny_bundle, env=env)
-    assert refused.returncode == 2 and "--split needs --data IMAGE_ROOT" in refused.stderr
+    # the split file alone as --data: its images are found beside it (CoOp's layout)
+    beside = run_cli(
+        "eval", "--bundle", tiny_bundle, "--data", split, "--run", tmp_path / "run",
+        "--threads", 1, "--json", env=env,
+    )  # fmt: skip
+    assert beside.returncode == 0, beside.stderr
+    assert json.loads(beside.stdout)["accuracy"] == json.loads(scored.stdout)["accuracy"]
+    alone = tmp_path / "elsewhere" / split.name
+    alone.parent.mkdir()
+    alone.write_text(split.read_text())
+    refused = run_cli("fit", "--data", alone, "--bundle", tiny_bundle, env=env)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"Error: {alone}: cannot find the split's images beside it (looked for "
+        f"'{rows['train'][0][0]}' in {alone.parent} and its sub-folders). Name the image "
+        "folder: --data IMAGE_ROOT --split FILE"
+    )
 
 
 def test_curve_marks_the_switch_zooms_the_accuracy_axis_and_has_gridlines(tmp_path):
