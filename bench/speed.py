@@ -133,15 +133,16 @@ def run_speed(
     )
     shared_encoder = fit_encoder if fit_encoder.graph == "text_shared" else None
     # What each part of fit's plan buys, on fit's graph: the same encoder with every class at the
-    # longest class's length (one group, the plan before length groups), and with one worker on
-    # ORT's own intra-op threads (the run mode before worker threads).
-    variants = {
-        "fit_one_group": _timed(
+    # longest class's length (one group, the plan before length groups; only when fit's plan has
+    # several, else it is the same plan), and with one worker on ORT's own intra-op threads (the
+    # run mode before worker threads; only when fit runs several).
+    variants = {}
+    if len(fit_encoder.groups) > 1:
+        variants["fit_one_group"] = _timed(
             type(fit_encoder)(
                 fit_encoder.session.session, space, workers=fit_encoder.workers, group_lengths=False
             )
         )
-    }
     if fit_encoder.workers > 1:
         variants["fit_intra_op"] = _timed(
             text_encoder(

@@ -431,7 +431,11 @@ def eval_command(
     help="Seed of the folds, optimisers and projection, 0..2^32-1 [0].",
 )
 @provider_option()
-@threads_option()
+@threads_option(
+    "Cores to use [every core this process may run on, at most 8 for the text graph]: ORT "
+    "threads for the images; on a CPU "
+    "with an fp32 bundle the text graph runs this many worker threads of one ORT thread each."
+)
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory [runs/<timestamp>].")
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue an interrupted run.")
 @click.option("--checkpoint-every", help="Time between checkpoints [60s].")

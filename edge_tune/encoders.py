@@ -306,19 +306,26 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+#: Workers when `threads` is not given: every usable core up to this many. Measured only on 2
+#: cores (docs/bench.md); more workers also cut a call into smaller runs, so a many-core machine
+#: gets this many by default and more only when asked (`--threads`).
+DEFAULT_MAX_WORKERS = 8
+
+
 def run_threads(bundle, provider: str, threads: int | None) -> tuple[int, int | None]:
     """(worker threads, ORT intra-op threads) for the text graph.
 
-    On CPU with an fp32 bundle: one worker per core (`threads`, else every usable core), each
-    running whole graph runs on a one-thread session. Elsewhere one worker and ORT's own threads:
-    a GPU runs one stream, and int8 bundles (dynamic quantisation, no prepacking) give results
-    that depend on the run's batch, so their plan must not change with the core count."""
+    On CPU with an fp32 bundle: one worker per core (`threads`, else every usable core up to
+    DEFAULT_MAX_WORKERS), each running whole graph runs on a one-thread session. Elsewhere one
+    worker and ORT's own threads: a GPU runs one stream, and int8 bundles (dynamic quantisation,
+    no prepacking) give results that depend on the run's batch, so their plan must not change
+    with the core count."""
     from edge_tune.providers import resolve_provider
 
     int8 = (bundle.manifest.get("quantization") or {}).get("mode") == "int8"
     if resolve_provider(provider) != "cpu" or int8:
         return 1, threads
-    cores = int(threads) if threads is not None else usable_cores()
+    cores = int(threads) if threads is not None else min(usable_cores(), DEFAULT_MAX_WORKERS)
     return (cores, 1) if cores > 1 else (1, threads)
 
 

@@ -283,3 +283,26 @@ def test_stage2_bench_branches_every_variant_from_one_switch_state(tmp_path, cap
             and end["loss"] <= run["variants"][name]["points"][0]["loss"] + 1e-6
         )
     assert "| line-search |" in capsys.readouterr().out
+
+
+def test_bench_speed_measures_what_the_run_plan_buys_and_names_the_cpu(bundle_dir):
+    """K = 52 benchmark names make two length groups; --threads 2 makes two workers: the report
+    times fit's graph without each, checks their losses bit for bit, and probes GEMMs both ways."""
+    done = run_cli(
+        ["bench", "speed", "--bundle", bundle_dir, "--classes", 52, "--population", 4,
+         "--repeats", 1, "--threads", 2, "--no-reference", "--json"]
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    rows = report["rows"]
+    assert report["workers"] == 2
+    for key in ("fit_one_group", "fit_intra_op"):
+        assert rows[key]["queries_per_s"] > 0
+        assert rows[key]["note"].endswith("losses bit-identical to fit's plan: True")
+    assert "(2 length group(s))" in rows["objective_shared"]["note"]
+    assert "(1 length group(s))" in rows["fit_one_group"]["note"]
+    assert {"length_groups_gain", "workers_gain", "fit_fraction_of_gemm"} <= set(report["ratios"])
+    probes = report["gemm_probes"]
+    assert {p["workers"] for p in probes} == {1, 2} and len({p["shape"][0] for p in probes}) == 3
+    assert report["gemm_probe"]["attainable_gflops"] == max(p["attainable_gflops"] for p in probes)
+    assert report["cpu"]["isa"] != "" and report["cpu"]["cores"] >= 1

@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 
 from edge_tune.bundle import open_bundle
-from edge_tune.encoders import PlainEncoder, SharedPrefixEncoder, run_threads, text_encoder
+from edge_tune.encoders import (
+    DEFAULT_MAX_WORKERS,
+    PlainEncoder,
+    SharedPrefixEncoder,
+    run_threads,
+    text_encoder,
+    usable_cores,
+)
 from edge_tune.prompts import PromptSpace
 from edge_tune.runplan import GROUP_COST_ROWS, MIN_SPLIT_ROWS, length_groups, split_rows
 from edge_tune_bench.probe import cpu_description
@@ -132,6 +139,9 @@ def test_text_encoder_runs_workers_on_fp32_cpu_only(bundle, space):
     assert run_threads(fp32, "cpu", 2) == (2, 1)
     assert run_threads(fp32, "cpu", 1) == (1, 1)
     assert run_threads(int8, "cpu", 2) == (1, 2)  # int8 results depend on the batch
+    cores = min(usable_cores(), DEFAULT_MAX_WORKERS)  # no --threads: every core, at most 8
+    assert run_threads(fp32, "cpu", None) == ((cores, 1) if cores > 1 else (1, None))
+    assert run_threads(fp32, "cpu", 12) == (12, 1)  # asked for: more than the default cap
     encoder = text_encoder(bundle, space, provider="cpu", threads=2)
     assert encoder.workers == 2
     assert text_encoder(bundle, space, provider="cpu", threads=2, workers=1).workers == 1
