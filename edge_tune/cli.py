@@ -576,15 +576,17 @@ def fit(
     newline = "\n" if progress.enabled else ""
     with stop_on_signals(tuner, notify=lambda text: click.echo(newline + text, err=True)) as caught:
         tuner.run(callback=show)
-    progress.close()
-    if caught:
-        click.echo(
-            f"Stopped after {tuner.state.queries} queries; checkpoint saved in {run_dir}. "
-            f"Continue with: edge-tune fit --resume {run_dir}",
-            err=True,
-        )
-        sys.exit(128 + caught[0])
-    result = tuner.finish()
+        progress.close()
+        if caught:
+            click.echo(
+                f"Stopped after {tuner.state.queries} queries; checkpoint saved in {run_dir}. "
+                f"Continue with: edge-tune fit --resume {run_dir}",
+                err=True,
+            )
+            sys.exit(128 + caught[0])
+        # still inside: a signal during the final writes lets them finish (the run is then
+        # complete) instead of aborting between its checkpoint and its artifacts
+        result = tuner.finish()
     summary = json.dumps({"run_dir": str(run_dir), **result}) if as_json else None
     click.echo(summary or format_summary(result, run_dir))
 
