@@ -433,8 +433,8 @@ def eval_command(
 @provider_option()
 @threads_option(
     "Cores to use [every core this process may run on, at most 8 for the text graph]: ORT "
-    "threads for the images; on a CPU "
-    "with an fp32 bundle the text graph runs this many worker threads of one ORT thread each."
+    "threads for the images; on a CPU with an fp32 bundle the text graph runs this many worker "
+    "threads of one ORT thread each."
 )
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory [runs/<timestamp>].")
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue an interrupted run.")

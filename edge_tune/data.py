@@ -288,7 +288,8 @@ def load_dassl_split(
             )
         items[part] = rows
     if image_root is None:
-        image_root = split_image_root(split_json, items["train"] + items["test"])
+        rows = items["train"] or items["test"]
+        image_root = split_image_root(split_json, rows[0][0] if rows else None)
     image_root = Path(image_root)
     if not image_root.is_dir():
         raise DataError(
@@ -316,18 +317,16 @@ def load_dassl_split(
     return datasets[0], datasets[1], datasets[2]
 
 
-def split_image_root(split_json: Path, rows: list) -> Path:
+def split_image_root(split_json: Path, first: str | None) -> Path:
     """The folder a split's relative paths start in, when only the split file is given: the split's
     own folder or one of its sub-folders (CoOp keeps `oxford_pets/split_zhou_OxfordPets.json`
-    beside `oxford_pets/images/`), the first where the split's first image exists."""
+    beside `oxford_pets/images/`), the first where the split's first image (`first`) exists."""
     parent = split_json.parent
-    first = rows[0][0] if rows else None
-    candidates = [parent] + sorted(
-        p for p in parent.iterdir() if p.is_dir() and not p.name.startswith(".")
-    )
-    for folder in candidates if first is not None else []:
-        if (folder / first).is_file():
-            return folder
+    if first is not None:
+        subfolders = sorted(p for p in parent.iterdir() if p.is_dir() and p.name[:1] != ".")
+        for folder in [parent, *subfolders]:
+            if (folder / first).is_file():
+                return folder
     raise DataError(
         f"cannot find the split's images beside it (looked for {first!r} in {parent} and its "
         "sub-folders)",

@@ -90,7 +90,7 @@ class _Encoder:
             else (ClassGroup(np.arange(len(lengths)), int(lengths.max())),)
         )
         self._pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
-        self._plans: dict[int, tuple[GroupPlan, ...]] = {}
+        self._plans: dict[int, tuple] = {}  # n -> PromptPlan or GroupPlan per group
         self.text_runs = 0  # text-graph runs
         self.prompts_run = 0  # prompt sequences sent to the graph, padding included
 

@@ -5,7 +5,7 @@ so batched equals one-by-one on fp32 and fp16 bundles) and `score` (features × 
 bundle is the exception to batch independence: dynamic quantisation picks each run's activation
 scale from the whole run, so its values agree with one-by-one only to ~2e-2 in the features
 (manifest `quantization.batch_dependence`). Everything is float64 except the text-graph input, cast
-to float32 at the ORT boundary (`PromptSpace.prompt_rows`).
+to float32 at the ORT boundary (`PromptSpace.context32`).
 """
 
 from __future__ import annotations

@@ -240,10 +240,6 @@ class PromptSpace:
         W = self.candidates(W)
         return self.prompt_rows(W, 0, len(W) * self.num_classes)
 
-    def eot_rows(self, n: int) -> np.ndarray:
-        """i64[n*K] EOT positions matching `embeddings` of n candidates."""
-        return np.tile(self.eot_index, n)
-
     def prompt_rows(self, W: np.ndarray, start: int, stop: int) -> np.ndarray:
         """Rows start..stop of `embeddings(W)` without building the others (bounded memory)."""
         W = self.candidates(W)

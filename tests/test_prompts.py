@@ -61,7 +61,6 @@ def test_context_is_ctx0_plus_projected_w(space):
             np.testing.assert_array_equal(row[1 : 1 + space.m], expected[i].astype(np.float32))
             np.testing.assert_array_equal(row[1 + space.m :], space.base[k, 1 + space.m :])
     np.testing.assert_array_equal(space.prompt_rows(W, 5, 11), prompts[5:11])
-    np.testing.assert_array_equal(space.eot_rows(3), np.tile(space.eot_index, 3))
 
 
 def test_projection_is_seeded_and_scaled_to_the_token_table(bundle, space):
