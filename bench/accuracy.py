@@ -1,8 +1,10 @@
 """`edge-tune bench accuracy`: what `fit` ships against every cheap head on the mini-world, per
 task, shots per class and seed, on the same folds and the same test images.
 
-Each run is an ordinary `Tuner` (what `edge-tune fit` runs) on `shots` images per class drawn from
-the task's 16 (seeded), with a seeded subsample of the task's evaluation images (default 100 per
+The grid is a sweep (`edge_tune.sweep`, what `edge-tune sweep` runs): one run folder per fit, so
+a benchmark that dies goes on where it stood when given the same --sweep-dir. Each run is an
+ordinary `Tuner` (what `edge-tune fit` runs) on `shots` images per class drawn from the task's 16
+(seeded), with a seeded subsample of the task's evaluation images (default 100 per
 class) as its `eval_set` — a report only: every choice (heads' hyper-parameters, blend weights,
 what ships) comes from the cross-validation folds of the shots. Each run records every candidate's
 cross-validated and test accuracy (zero-shot, each head, zero-shot + head, the tuned prompt,
@@ -23,16 +25,14 @@ from __future__ import annotations
 
 import statistics
 import sys
+import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from edge_tune.blas import limit_blas_threads
 from edge_tune.errors import DataError
-from edge_tune_bench.grid import DEFAULT_TASKS_DIR, DEMO_TASK, METHODS
+from edge_tune_bench.grid import DEFAULT_TASKS_DIR, DEMO_TASK
 
 #: The candidates that need no query: what a practitioner fits in milliseconds.
 CHEAP = (
@@ -46,37 +46,6 @@ CHEAP = (
     "zero-shot + probe",
     "zero-shot + tip",
 )
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One run: everything that decides its result."""
-
-    task: str
-    task_dir: str
-    shots: int
-    method: str
-    seed: int
-    budget: int
-    eval_per_class: int
-    bundle: str
-    cache_dir: str
-    provider: str = "auto"
-    threads: int = 1  # ORT intra-op threads of the run
-
-
-def subsample(dataset, per_class: int, seed: int = 0):
-    """A seeded stratified subsample of a dataset (the same one for every run with that seed)."""
-    rng = np.random.default_rng(seed)
-    by_class: dict[int, list] = {}
-    for sample in dataset.samples:
-        by_class.setdefault(sample.label, []).append(sample)
-    kept = []
-    for label in sorted(by_class):
-        items = by_class[label]
-        take = sorted(rng.permutation(len(items))[: min(per_class, len(items))].tolist())
-        kept.extend(items[i] for i in take)
-    return replace(dataset, samples=kept)
 
 
 def resolve_task(name: str, tasks_dir: Path) -> Path:
@@ -99,63 +68,6 @@ def resolve_task(name: str, tasks_dir: Path) -> Path:
             f"{tasks_dir}`, or use --tasks demo",
         )
     return path
-
-
-def run_one(spec: RunSpec) -> dict:
-    """One fit; every candidate's cross-validated and test accuracy, and the learning curve."""
-    from edge_tune.bundle import open_bundle
-    from edge_tune.data import load_eval, load_shots
-    from edge_tune.fit import FitConfig, Tuner
-
-    started = time.perf_counter()
-    bundle = open_bundle(spec.bundle)
-    every = load_shots(Path(spec.task_dir) / "shots")
-    shots = subsample(every, spec.shots, seed=1000 + spec.seed)
-    test = subsample(load_eval(Path(spec.task_dir) / "eval", every), spec.eval_per_class)
-    optimizer, preset, tune_for = METHODS[spec.method]
-    config = FitConfig(
-        optimizer=optimizer,
-        preset=preset,
-        tune_for=tune_for,
-        seed=spec.seed,
-        budget_queries=spec.budget,
-        checkpoint_every=1e9,
-    )
-    with limit_blas_threads(1):  # the heads' fits too, not only the loop (Tuner.run)
-        tuner = Tuner(
-            bundle,
-            shots,
-            eval_set=test,
-            config=config,
-            provider=spec.provider,
-            threads=spec.threads,
-            cache_dir=spec.cache_dir,
-        )
-        tuner.run()
-        result = tuner.finish()
-    return {
-        "task": spec.task,
-        "shots": spec.shots,
-        "method": spec.method,
-        "seed": spec.seed,
-        "budget": spec.budget,
-        "queries": result["queries"],
-        "shipped": result["shipped"],
-        "candidates": {
-            c["name"]: {
-                "cv": c["cv_accuracy"],
-                "cv_loss": c["cv_loss"],
-                "test": c["eval_accuracy"],
-                "mix": c["mix"],
-            }
-            for c in result["candidates"]
-        },
-        "curve": [{"queries": m["queries"], "accuracy": m["eval_accuracy"]} for m in tuner.history],
-        "train_images": result["data"]["train_images"],
-        "test_images": len(test.samples),
-        "tuning_seconds": result["seconds"],
-        "wall_seconds": round(time.perf_counter() - started, 2),
-    }
 
 
 # --- summaries ---------------------------------------------------------------------------------
@@ -330,28 +242,45 @@ def bench_accuracy(
     cache_dir: Path | None = None,
     provider: str = "auto",
     threads: int = 1,
+    sweep_dir: Path | None = None,
     log=None,
 ) -> dict:
-    """The report of the grid tasks x shots x methods x seeds: {"settings", "runs": one record per
-    run (`run_one`), "wall_seconds"}. `bundle` None: $EDGE_TUNE_BUNDLE, else the shipped one."""
-    from edge_tune.bundle import open_bundle
-    from edge_tune.data import load_eval, load_shots
-    from edge_tune.features import default_cache_dir, image_features
+    """The grid tasks x shots x methods x seeds as a sweep (`edge_tune.sweep`) in `sweep_dir`
+    (None: a new temporary folder, named in the log; give it again to go on with the sweep);
+    {"settings", "runs": one record per finished run (`edge_tune.sweep_report.record`),
+    "missing", "stopped_by", "wall_seconds"}. `bundle` None: $EDGE_TUNE_BUNDLE, else the
+    shipped one."""
     from edge_tune.fit import resolve_bundle
+    from edge_tune.sweep import Options, run_sweep
+    from edge_tune.sweepspec import spec_from_dict
 
     bundle = resolve_bundle(bundle)
-    cache = str(cache_dir or default_cache_dir())
     dirs = {t: resolve_task(t, tasks_dir) for t in tasks}
-    specs = [
-        RunSpec(
-            t, str(dirs[t]), n, m, s, budget, eval_per_class, str(bundle), cache, provider, threads
-        )
-        for t in tasks
-        for n in shots
-        for m in methods
-        for s in seeds
-    ]
-    report = {
+    spec = spec_from_dict(
+        {
+            "tasks": [
+                {"name": t, "shots": str(dirs[t] / "shots"), "eval": str(dirs[t] / "eval")}
+                for t in tasks
+            ],
+            "methods": methods,
+            "shots": shots,
+            "seeds": seeds,
+            "budgets": [budget],
+            "eval_per_class": eval_per_class,
+            "bundle": str(bundle),
+        },
+        base=Path.cwd(),
+    )
+    if sweep_dir is None:
+        sweep_dir = Path(tempfile.mkdtemp(prefix="edge-tune-accuracy-"))
+        if log is not None:
+            log(f"the runs go to {sweep_dir}: pass --sweep-dir {sweep_dir} to go on with them")
+    started = time.perf_counter()
+    options = Options(
+        cache_dir=None if cache_dir is None else str(cache_dir), provider=provider, threads=threads
+    )
+    sweep = run_sweep(spec, sweep_dir, options, jobs=jobs, log=log)
+    return {
         "settings": {
             "tasks": tasks,
             "methods": methods,
@@ -363,48 +292,18 @@ def bench_accuracy(
             "provider": provider,
             "ort_threads": threads,
             "jobs": jobs,
+            "sweep_dir": str(sweep_dir),
         },
-        "runs": [],
+        "runs": sweep["runs"],
+        "missing": sweep["missing"],
+        "stopped_by": sweep["stopped_by"],
+        "wall_seconds": round(time.perf_counter() - started, 1),
     }
-    started = time.perf_counter()
-    opened = open_bundle(bundle)  # image features once per task here: the runs only read the cache
-    with limit_blas_threads(1):
-        for t in tasks:
-            every = load_shots(dirs[t] / "shots")
-            image_features(opened, every, cache_dir=cache, provider=provider, threads=threads)
-            image_features(
-                opened,
-                subsample(load_eval(dirs[t] / "eval", every), eval_per_class),
-                cache_dir=cache,
-                provider=provider,
-                threads=threads,
-            )
-    if jobs > 1:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            for result in pool.map(run_one, specs):
-                report["runs"].append(result)
-                _log(log, result)
-    else:
-        for spec in specs:
-            report["runs"].append(run_one(spec))
-            _log(log, report["runs"][-1])
-    report["wall_seconds"] = round(time.perf_counter() - started, 1)
-    return report
 
 
 def merge_reports(reports: list[dict]) -> dict:
     """Saved reports as one: the first one's settings, every report's runs."""
     return {"settings": reports[0]["settings"], "runs": [r for x in reports for r in x["runs"]]}
-
-
-def _log(log, r: dict) -> None:
-    if log is not None:
-        shipped = r["candidates"][r["shipped"]]["test"]
-        log(
-            f"{r['task']:<20} {r['shots']:>2} shots {r['method']:<20} seed {r['seed']}: shipped "
-            f"{r['shipped']} {100 * shipped:.1f} (zero-shot "
-            f"{100 * r['candidates']['zero-shot']['test']:.1f}; {r['wall_seconds']:.0f} s)"
-        )
 
 
 if __name__ == "__main__":  # `python -m edge_tune_bench.accuracy` is `edge-tune bench accuracy`

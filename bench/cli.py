@@ -12,7 +12,13 @@ from pathlib import Path
 
 import click
 
-from edge_tune.cli_options import bundle_option, json_option, provider_option, threads_option
+from edge_tune.cli_options import (
+    bundle_option,
+    cache_dir_option,
+    json_option,
+    provider_option,
+    threads_option,
+)
 from edge_tune.errors import EdgeTuneError
 from edge_tune_bench.grid import DEFAULT_TASKS, DEFAULT_TASKS_DIR, METHODS, QUICK, SEEDS, SHOTS
 
@@ -191,15 +197,17 @@ def memory_command(
     help="Parallel runs (processes).",
 )
 @bundle_option()
-@click.option(
-    "--cache-dir",
-    type=click.Path(path_type=Path),
-    help="Image-feature cache [$EDGE_TUNE_CACHE, else ~/.cache/edge-tune].",
-)
+@cache_dir_option()
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
     help="Write the full report (runs and curves) as JSON.",
+)
+@click.option(
+    "--sweep-dir",
+    type=click.Path(path_type=Path),
+    help="The sweep's folder (one fit per run; the same one again goes on where it stood) "
+    "[a new temporary folder].",
 )
 @click.option(
     "--from-json",
@@ -226,6 +234,7 @@ def accuracy_command(
     bundle,
     cache_dir,
     out,
+    sweep_dir,
     from_json,
     provider,
     threads,
@@ -239,7 +248,7 @@ def accuracy_command(
     \b
     Examples:
       edge-tune bench accuracy --quick
-      edge-tune bench accuracy --jobs 2 --out /tmp/accbench/edge.json
+      edge-tune bench accuracy --jobs 2 --out /tmp/accbench/edge.json --sweep-dir /tmp/accbench/runs
       edge-tune bench accuracy --shots 16 --shots 4 --methods cma --methods zo --jobs 2
       edge-tune bench accuracy --from-json a.json --from-json b.json
     """
@@ -275,8 +284,17 @@ def accuracy_command(
             cache_dir=cache_dir,
             provider=provider,
             threads=threads,
+            sweep_dir=sweep_dir,
             log=lambda line: click.echo(line, err=True),
         )
+        if report["missing"]:
+            folder = report["settings"]["sweep_dir"]
+            raise EdgeTuneError(
+                f"{len(report['missing'])} run(s) did not finish"
+                + (" (stopped)" if report["stopped_by"] else ""),
+                path=folder,
+                hint=f"Run the same command with --sweep-dir {folder} to go on",
+            )
         if out:
             from edge_tune.atomic import atomic_write_bytes
 

@@ -26,7 +26,8 @@ import numpy as np
 
 from edge_tune.atomic import atomic_write_json
 from edge_tune.blas import limit_blas_threads
-from edge_tune_bench.accuracy import resolve_task, subsample
+from edge_tune.sweep import subsample
+from edge_tune_bench.accuracy import resolve_task
 from edge_tune_bench.grid import DEFAULT_TASKS_DIR
 
 TASKS = ("blur_inverted", "inverted", "noise", "rot90")

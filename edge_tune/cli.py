@@ -23,6 +23,7 @@ import click  # noqa: E402
 
 from edge_tune.cli_options import (  # noqa: E402
     bundle_option,
+    cache_dir_option,
     json_option,
     provider_option,
     threads_option,
@@ -280,11 +281,7 @@ def _is_split_file(path: Path) -> bool:
     "(else found beside the split).",
 )
 @click.option("--strict", is_flag=True, help="Fail on unreadable images instead of skipping them.")
-@click.option(
-    "--cache-dir",
-    type=click.Path(path_type=Path),
-    help="Image-feature cache [$EDGE_TUNE_CACHE, else ~/.cache/edge-tune].",
-)
+@cache_dir_option()
 @provider_option()
 @threads_option()
 @json_option()
@@ -623,6 +620,135 @@ def _setup_stops_cleanly():
     return _stops_cleanly(
         "Stopped before tuning began ({signal}); the images encoded so far are cached: run the "
         "same command again to go on."
+    )
+
+
+@cli.command("sweep")
+@click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The sweep's folder: runs/ (one fit each) and report.{md,json,png}; give the same one "
+    "again to go on.",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: processes on this machine; ray: Ray tasks on a cluster (the [ray] extra).",
+)
+@click.option(
+    "--address",
+    help="--engine ray: the cluster's address (HEAD:6379, or auto) [$RAY_ADDRESS, else a "
+    "Ray started in this process].",
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="--engine local: fits at once, each in its own process.",
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(0),
+    default=2,
+    show_default=True,
+    help="Times a run whose process (or Ray node) died is started again.",
+)
+@bundle_option()
+@cache_dir_option()
+@provider_option()
+@threads_option("ORT threads per fit [local: the cores / --jobs; ray: 1].")
+@click.option(
+    "--checkpoint-every",
+    default="60s",
+    show_default=True,
+    help="Time between each fit's checkpoints.",
+)
+@json_option("Print the report (settings, runs, missing, outcomes) as one JSON object.")
+def sweep_command(
+    spec_path,
+    out,
+    engine,
+    address,
+    jobs,
+    retries,
+    bundle,
+    cache_dir,
+    provider,
+    threads,
+    checkpoint_every,
+    as_json,
+) -> None:
+    """Run a grid of ordinary fits (tasks x methods x shots x seeds x budgets) from a JSON or
+    TOML SPEC, one run folder each. Run the same command again after a crash or Ctrl-C: finished
+    runs are skipped, checkpointed ones resume, the rest start.
+
+    \b
+    SPEC, e.g. sweep.json (relative paths from its folder):
+      {"tasks": ["tasks/inverted", {"name": "pets", "shots": "pets/train", "eval": "pets/test"}],
+       "methods": ["sharpzo-edge", "cma"], "seeds": [0, 1, 2], "shots": [16, 4],
+       "budgets": [2000], "eval_per_class": 100}
+    A task folder holds shots/<class>/ and eval/<class>/; shots are images per class drawn
+    (seeded) from it, or "all". Methods: sharpzo-edge, sharpzo-edge-hybrid, sharpzo-paper, cma,
+    zo, spsa-clip.
+    \b
+    Examples:
+      edge-tune sweep sweep.json --out sweeps/first --jobs 2
+      edge-tune sweep sweep.toml --out sweeps/big --engine ray --address auto
+    """
+    from dataclasses import replace as replaced
+
+    from edge_tune.fit import parse_duration
+    from edge_tune.sweep import Options, run_sweep
+    from edge_tune.sweep_report import markdown
+    from edge_tune.sweepspec import read_spec
+
+    spec = read_spec(spec_path)
+    if bundle is not None:
+        spec = replaced(
+            spec,
+            runs=tuple(replaced(r, bundle=str(Path(bundle).resolve())) for r in spec.runs),
+            record={**spec.record, "bundle": str(Path(bundle).resolve())},
+        )
+    options = Options(
+        cache_dir=None if cache_dir is None else str(cache_dir),
+        provider=provider,
+        threads=threads,
+        checkpoint_every=parse_duration(checkpoint_every),
+    )
+    report = run_sweep(
+        spec,
+        out,
+        options,
+        engine=engine,
+        jobs=jobs,
+        address=address,
+        retries=retries,
+        log=lambda text: click.echo(text, err=True),
+    )
+    click.echo(json.dumps(report) if as_json else markdown(report), nl=not as_json)
+    if as_json:
+        click.echo()
+    if report["stopped_by"] is not None:
+        click.echo(
+            f"Stopped; checkpoints saved. Continue with the same command: edge-tune sweep "
+            f"{spec_path} --out {out}",
+            err=True,
+        )
+        sys.exit(128 + report["stopped_by"])
+    failed = [key for key, (outcome, _) in report["outcomes"].items() if outcome == "failed"]
+    if failed:
+        raise EdgeTuneError(
+            f"{len(failed)} run(s) failed: {', '.join(failed)}",
+            path=out,
+            hint="Their errors are above; fix them and run the same command again",
+        )
+    click.echo(
+        f"Report: {out / 'report.md'}, {out / 'report.json'}, {out / 'report.png'}", err=True
     )
 
 

@@ -15,6 +15,14 @@ def bundle_option(*names: str, help: str = BUNDLE_HELP):
     return click.option("--bundle", *names, type=click.Path(path_type=Path), help=help)
 
 
+def cache_dir_option():
+    return click.option(
+        "--cache-dir",
+        type=click.Path(path_type=Path),
+        help="Image-feature cache [$EDGE_TUNE_CACHE, else ~/.cache/edge-tune].",
+    )
+
+
 def provider_option(help: str = "Execution provider."):
     return click.option("--provider", default="auto", show_default=True, help=help)
 

@@ -12,6 +12,7 @@ from edge_tune.bundle import open_bundle
 from edge_tune.data import load_eval, load_shots
 from edge_tune.errors import DataError
 from edge_tune.objective import evaluate_dataset
+from edge_tune.sweep import subsample
 from edge_tune_bench import accuracy as ba
 
 
@@ -22,8 +23,9 @@ def cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def report(cache):
+def report(cache, tmp_path_factory):
     return ba.bench_accuracy(
+        sweep_dir=tmp_path_factory.mktemp("sweep"),
         tasks=["demo"],
         methods=["sharpzo-edge", "cma"],
         shots=[2, 16],
@@ -54,7 +56,7 @@ def test_zero_shot_equals_the_eval_command_on_the_same_subsample(report, tmp_pat
     """w = 0 is the template "a photo of a {}.": the benchmark's zero-shot is the real one."""
     bundle = open_bundle(report["settings"]["bundle"])  # the shipped one, or $EDGE_TUNE_BUNDLE
     shots = load_shots(ba.DEMO_TASK / "shots")
-    test = ba.subsample(load_eval(ba.DEMO_TASK / "eval", shots), 5)
+    test = subsample(load_eval(ba.DEMO_TASK / "eval", shots), 5)
     expected = evaluate_dataset(bundle, test, cache_dir=tmp_path)["accuracy"]
     assert abs(report["runs"][0]["candidates"]["zero-shot"]["test"] - expected) < 1e-9
 
@@ -88,11 +90,11 @@ def test_learning_curve_numbers():
 def test_subsample_is_stratified_and_seeded():
     shots = load_shots(ba.DEMO_TASK / "shots")
     test = load_eval(ba.DEMO_TASK / "eval", shots)
-    a, b = ba.subsample(test, 7), ba.subsample(test, 7)
+    a, b = subsample(test, 7), subsample(test, 7)
     assert [s.path for s in a.samples] == [s.path for s in b.samples]
     assert np.bincount(a.labels).tolist() == [7] * 10
-    assert len(ba.subsample(test, 1000).samples) == len(test.samples)
-    assert [s.path for s in ba.subsample(test, 7, seed=1).samples] != [s.path for s in a.samples]
+    assert len(subsample(test, 1000).samples) == len(test.samples)
+    assert [s.path for s in subsample(test, 7, seed=1).samples] != [s.path for s in a.samples]
 
 
 def test_unknown_task_names_the_folder_and_the_fix(tmp_path):
